@@ -1,0 +1,221 @@
+"""The network: stem, aggregating blocks with transitions between them, head.
+
+One module covers the whole family on two axes, schedule {dense, sparse} ×
+aggregation {concat, sum}:
+
+=============  ===========  ==================
+schedule       aggregation  network
+=============  ===========  ==================
+sparse         concat       SparseNet[⊕]
+dense          concat       DenseNet
+sparse         sum          SparseNet[+] (our construction; the paper has no code for it)
+dense          sum          pre-activation ResNet
+=============  ===========  ==================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sparsenet_jax.layers import (
+    AGGREGATIONS,
+    UNIT_CLASSES,
+    UNIT_KINDS,
+    Aggregation,
+    AggregationBlock,
+    Transition,
+    UnitKind,
+    make_conv,
+    make_norm,
+)
+from sparsenet_jax.schedule import Schedule
+
+StemKind = Literal["cifar", "imagenet"]
+STEM_KINDS: tuple[str, ...] = ("cifar", "imagenet")
+
+
+class SparseNet(nn.Module):
+    """SparseNet, DenseNet or pre-activation ResNet, by ``schedule`` × ``aggregation``.
+
+    Attributes:
+      block_sizes: number of units in each block.
+      growth_rates: per block, the width every unit emits (growth rate ``k``
+        for concat; the stage width for sum).
+      num_classes: width of the final dense layer.
+      schedule: which earlier outputs each unit reads.
+      aggregation: ``"concat"`` or ``"sum"``.
+      unit: ``"plain"``, ``"bottleneck"``, ``"basic"`` or ``"res_bottleneck"``.
+      compression: θ, transition width = floor(θ · channels) (concat only).
+      stem: ``"cifar"`` (3×3 conv) or ``"imagenet"`` (7×7/2 conv, BN, ReLU, 3×3/2 max pool).
+      stem_channels: stem width; default ``2 * growth_rates[0]`` for concat,
+        ``growth_rates[0]`` for sum.
+      in_channels: channels of the input images.
+      dropout_rate: dropout after every conv of the units and transitions.
+      dtype: compute dtype. param_dtype: parameter dtype.
+    """
+
+    block_sizes: Sequence[int]
+    growth_rates: Sequence[int]
+    num_classes: int = 10
+    schedule: Schedule = Schedule("sparse", 2)
+    aggregation: Aggregation = "concat"
+    unit: UnitKind = "plain"
+    compression: float = 1.0
+    stem: StemKind = "cifar"
+    stem_channels: int | None = None
+    in_channels: int = 3
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+        super().__post_init__()
+
+    @property
+    def stem_width(self) -> int:
+        if self.stem_channels is not None:
+            return self.stem_channels
+        return 2 * self.growth_rates[0] if self.aggregation == "concat" else self.growth_rates[0]
+
+    def block_widths(self) -> list[tuple[int, int]]:
+        """(input width, output width) of every block, from the schedule arithmetic."""
+        widths = []
+        channels = self.stem_width
+        for i, (size, growth) in enumerate(zip(self.block_sizes, self.growth_rates, strict=True)):
+            if i > 0:
+                channels = self._transition_width(channels, growth)
+            if self.aggregation == "concat":
+                out = self.schedule.output_width(channels, growth, size)
+            else:
+                out = channels
+            widths.append((channels, out))
+            channels = out
+        return widths
+
+    def _transition_width(self, channels: int, next_growth: int) -> int:
+        if self.aggregation == "sum":
+            return next_growth
+        return int(math.floor(self.compression * channels))
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest height/width the downsampling layers accept."""
+        return 2 ** (len(self.block_sizes) - 1) * (4 if self.stem == "imagenet" else 1)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits (float32) for a batch of NHWC images."""
+        self._check_input(x)
+        conv = make_conv(self.dtype, self.param_dtype)
+        norm = make_norm(train, self.dtype, self.param_dtype)
+        unit_cls = UNIT_CLASSES[self.unit]
+
+        x = jnp.asarray(x, self.dtype)
+        if self.stem == "imagenet":
+            x = conv(self.stem_width, (7, 7), strides=(2, 2), padding=3, name="conv0")(x)
+            x = nn.relu(norm(name="norm0")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        else:
+            x = conv(self.stem_width, (3, 3), padding=1, name="conv0")(x)
+
+        for i, (size, growth) in enumerate(zip(self.block_sizes, self.growth_rates, strict=True)):
+            if i > 0:
+                x = Transition(
+                    self._transition_width(x.shape[-1], growth),
+                    conv=conv,
+                    norm=norm,
+                    dropout_rate=self.dropout_rate,
+                    name=f"transition-{i - 1}",
+                )(x, train)
+            unit = _bind_unit(unit_cls, conv, norm, self.dropout_rate)
+            x = AggregationBlock(
+                num_layers=size,
+                growth_rate=growth,
+                schedule=self.schedule,
+                aggregation=self.aggregation,
+                unit=unit,
+                name=f"dense-stage-{i}",
+            )(x, train)
+
+        x = nn.relu(norm(name="norm_last")(x))
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="classifier")(x)
+        return jnp.asarray(x, jnp.float32)
+
+    def _check_input(self, x: jax.Array) -> None:
+        if x.ndim != 4:
+            raise ValueError(
+                f"expected a batch of NHWC images (rank 4), got shape {tuple(x.shape)}"
+            )
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"expected {self.in_channels} input channels (NHWC, channels last), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if min(x.shape[1], x.shape[2]) < self.min_input_size:
+            raise ValueError(
+                f"images of {x.shape[1]}×{x.shape[2]} are too small for this network: "
+                f"it needs at least {self.min_input_size}×{self.min_input_size}"
+            )
+
+
+def _bind_unit(unit_cls: type[nn.Module], conv: Any, norm: Any, dropout_rate: float) -> Any:
+    def unit(features: int, name: str) -> nn.Module:
+        return unit_cls(features, conv=conv, norm=norm, dropout_rate=dropout_rate, name=name)
+
+    return unit
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_config(model: SparseNet) -> None:
+    """Raise ``ValueError``/``TypeError`` naming the first bad field of ``model``."""
+    if not isinstance(model.schedule, Schedule):
+        raise TypeError(f"schedule must be a Schedule, got {model.schedule!r}")
+    if model.aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {model.aggregation!r}")
+    if model.unit not in UNIT_KINDS:
+        raise ValueError(f"unit must be one of {UNIT_KINDS}, got {model.unit!r}")
+    if model.stem not in STEM_KINDS:
+        raise ValueError(f"stem must be one of {STEM_KINDS}, got {model.stem!r}")
+    sizes, growths = tuple(model.block_sizes), tuple(model.growth_rates)
+    if not sizes:
+        raise ValueError("block_sizes must name at least one block")
+    if len(sizes) != len(growths):
+        raise ValueError(
+            f"block_sizes {sizes} and growth_rates {growths} must have one entry per block"
+        )
+    for name, values in (("block_sizes", sizes), ("growth_rates", growths)):
+        if not all(_is_int(v) and v >= 1 for v in values):
+            raise ValueError(f"{name} must be positive integers, got {values}")
+    for name, value in (("num_classes", model.num_classes), ("in_channels", model.in_channels)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if model.stem_channels is not None and (
+        not _is_int(model.stem_channels) or model.stem_channels < 1
+    ):
+        raise ValueError(f"stem_channels must be a positive integer, got {model.stem_channels!r}")
+    if not 0.0 < model.compression <= 1.0:
+        raise ValueError(f"compression must be in (0, 1], got {model.compression}")
+    if not 0.0 <= model.dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {model.dropout_rate}")
+    if model.aggregation == "sum":
+        if model.compression != 1.0:
+            raise ValueError("compression applies to concatenation only; use 1.0 with sum")
+        stem = model.stem_channels if model.stem_channels is not None else growths[0]
+        if stem != growths[0]:
+            raise ValueError(
+                f"with summation the stem must be as wide as the first block "
+                f"({growths[0]}), got stem_channels={stem}"
+            )
+    if model.unit == "res_bottleneck" and any(g % 4 for g in growths):
+        raise ValueError(f"res_bottleneck widths must be multiples of 4, got {growths}")

@@ -1,0 +1,105 @@
+"""Connection schedules: which earlier outputs each layer of a block reads.
+
+Number a block's input ``x_0`` and its layers' outputs ``x_1 … x_n``.
+
+* **dense** (DenseNet, ResNet): layer ``l`` reads every earlier output,
+  ``x_0 … x_{l-1}``, oldest first (the official DenseNet concatenation order).
+  The block output is ``x_0 … x_n``.
+* **sparse** with base ``c`` (SparseNet): layer ``l`` reads ``x_{l-1}``,
+  ``x_{l-c}``, ``x_{l-c^2}``, … while the offset ``c^j <= l``, newest first (the
+  official SparseNet concatenation order). The block output applies the same
+  rule to a virtual layer ``n + 1``.
+
+Everything here is plain Python, hashable and cached: a Flax module evaluates
+it while ``__call__`` traces, so the schedule costs nothing at run time.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+ScheduleKind = Literal["dense", "sparse"]
+SCHEDULE_KINDS: tuple[str, ...] = ("dense", "sparse")
+
+
+@functools.lru_cache(maxsize=None)
+def _sparse_reads(layer: int, base: int) -> tuple[int, ...]:
+    reads = []
+    offset = 1
+    while offset <= layer:
+        reads.append(layer - offset)
+        offset *= base
+    return tuple(reads)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A connection schedule for the layers of one block.
+
+    Attributes:
+      kind: ``"dense"`` or ``"sparse"``.
+      base: the base ``c`` of the exponential offsets (sparse only; ``>= 2``).
+    """
+
+    kind: ScheduleKind = "sparse"
+    base: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(
+                f"schedule kind must be one of {SCHEDULE_KINDS}, got {self.kind!r}"
+            )
+        if isinstance(self.base, bool) or not isinstance(self.base, int):
+            raise TypeError(f"schedule base must be an int, got {self.base!r}")
+        if self.base < 2:
+            raise ValueError(f"schedule base must be >= 2, got {self.base}")
+
+    def inputs(self, layer: int) -> tuple[int, ...]:
+        """Indices of the outputs layer ``layer`` (>= 1) reads, in concatenation order.
+
+        Dense: oldest first ``(0, 1, …, l-1)``. Sparse: newest first ``(l-1, l-c, …)``.
+        """
+        if layer < 1:
+            raise ValueError(f"layers are numbered from 1, got {layer}")
+        if self.kind == "dense":
+            return tuple(range(layer))
+        return _sparse_reads(layer, self.base)
+
+    def block_output(self, num_layers: int) -> tuple[int, ...]:
+        """Indices of the outputs that form the block's output, in order."""
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        if self.kind == "dense":
+            return tuple(range(num_layers + 1))
+        return _sparse_reads(num_layers + 1, self.base)
+
+    def layer_input_widths(
+        self, in_channels: int, growth_rate: int, num_layers: int
+    ) -> tuple[int, ...]:
+        """Channel width of the concatenated input of each layer ``1 … n``.
+
+        ``x_0`` has ``in_channels`` channels and every layer output ``growth_rate``.
+        """
+        return tuple(
+            _concat_width(self.inputs(layer), in_channels, growth_rate)
+            for layer in range(1, num_layers + 1)
+        )
+
+    def output_width(self, in_channels: int, growth_rate: int, num_layers: int) -> int:
+        """Channel width of the concatenated block output."""
+        return _concat_width(self.block_output(num_layers), in_channels, growth_rate)
+
+
+def _concat_width(indices: tuple[int, ...], in_channels: int, growth_rate: int) -> int:
+    return sum(in_channels if i == 0 else growth_rate for i in indices)
+
+
+def as_schedule(value: Schedule | str, base: int = 2) -> Schedule:
+    """Accept a :class:`Schedule` or its kind's name."""
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, str):
+        return Schedule(value, base)  # type: ignore[arg-type]
+    raise TypeError(f"expected a Schedule or one of {SCHEDULE_KINDS}, got {value!r}")

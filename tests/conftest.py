@@ -1,0 +1,39 @@
+"""Shared test helpers: where the reference vectors are, and how to read them."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+DATA_DIR = pathlib.Path(__file__).parent / "data"
+SHARED_REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+# Reference file → (preset name, number of classes).
+TINY_REFERENCES = {
+    "tiny_sparsenet_d25_k6_c10.npz": ("sparsenet-25-6", 10),
+    "tiny_sparsenet_bc_d46_k6_c10.npz": ("sparsenet-bc-46-6", 10),
+    "tiny_densenet_d13_k6_c10.npz": ("densenet-13-6", 10),
+}
+LARGE_REFERENCES = {
+    "sparsenet40_k24_c100.npz": ("sparsenet-40-24", 100),
+    "densenet40_k12_c10.npz": ("densenet-40-12", 10),
+}
+
+
+def reference_path(filename: str) -> pathlib.Path:
+    """The file in tests/data, else in ../shared/reference; skip when absent."""
+    for folder in (DATA_DIR, SHARED_REFERENCE):
+        if (folder / filename).exists():
+            return folder / filename
+    pytest.skip(f"reference vector {filename} not found in {DATA_DIR} or {SHARED_REFERENCE}")
+
+
+def all_references() -> list[tuple[str, str, int]]:
+    return [(f, n, c) for f, (n, c) in {**TINY_REFERENCES, **LARGE_REFERENCES}.items()]
+
+
+def load_reference(filename: str) -> dict[str, np.ndarray]:
+    with np.load(reference_path(filename), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
