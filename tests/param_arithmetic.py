@@ -29,8 +29,12 @@ def _unit(unit: str, cin: int, k: int) -> int:
     if unit == "res_bottleneck":
         inner = k // 4
         return (
-            _bn(cin) + _conv(1, cin, inner) + _bn(inner) + _conv(3, inner, inner)
-            + _bn(inner) + _conv(1, inner, k)
+            _bn(cin)
+            + _conv(1, cin, inner)
+            + _bn(inner)
+            + _conv(3, inner, inner)
+            + _bn(inner)
+            + _conv(1, inner, k)
         )
     raise ValueError(unit)
 

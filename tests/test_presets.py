@@ -3,9 +3,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from param_arithmetic import expected_params
 
 import sparsenet_jax as sj
+from param_arithmetic import expected_params
 
 
 def _flax_params(model: sj.SparseNet) -> int:
@@ -75,8 +75,15 @@ def test_large_presets_match_the_layout_arithmetic(name):
 
 def test_list_models_has_the_paper_rows_and_baselines():
     names = sj.list_models()
-    for name in ["sparsenet-40-24", "sparsenet-bc-400-12", "densenet-bc-190-40", "resnet-1001",
-                 "sparse-resnet-164", "sparsenet-201-48", "densenet-201"]:
+    for name in [
+        "sparsenet-40-24",
+        "sparsenet-bc-400-12",
+        "densenet-bc-190-40",
+        "resnet-1001",
+        "sparse-resnet-164",
+        "sparsenet-201-48",
+        "densenet-201",
+    ]:
         assert name in names
     for name in names:
         sj.create_model(name)  # every listed name builds
@@ -109,8 +116,13 @@ def test_unknown_preset_lists_valid_names():
 
 @pytest.mark.parametrize(
     ("name", "overrides"),
-    [("sparsenet-41-24", {}), ("sparsenet-bc-42-12", {}), ("resnet-57", {}),
-     ("sparsenet-40-24", {"depth": 3}), ("sparsenet-122-32", {})],
+    [
+        ("sparsenet-41-24", {}),
+        ("sparsenet-bc-42-12", {}),
+        ("resnet-57", {}),
+        ("sparsenet-40-24", {"depth": 3}),
+        ("sparsenet-122-32", {}),
+    ],
 )
 def test_depth_that_does_not_fit_is_rejected(name, overrides):
     with pytest.raises(ValueError, match="depth"):

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from sparsenet_jax.models import SparseNet
+from sparsenet_jax.models import SparseNet, init_variables
 from sparsenet_jax.presets import create_model, list_models, parse_name
 from sparsenet_jax.schedule import Schedule
 
@@ -24,6 +24,7 @@ __all__ = [
     "SparseNet",
     "count_params",
     "create_model",
+    "init_variables",
     "list_models",
     "parse_name",
 ]

@@ -146,7 +146,9 @@ class SparseNet(nn.Module):
 
         x = nn.relu(norm(name="norm_last")(x))
         x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="classifier")(x)
+        x = nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="classifier"
+        )(x)
         return jnp.asarray(x, jnp.float32)
 
     def _check_input(self, x: jax.Array) -> None:
@@ -219,3 +221,28 @@ def validate_config(model: SparseNet) -> None:
             )
     if model.unit == "res_bottleneck" and any(g % 4 for g in growths):
         raise ValueError(f"res_bottleneck widths must be multiples of 4, got {growths}")
+
+
+def init_variables(
+    model: SparseNet, seed: int | jax.Array = 0, input_shape: Sequence[int] | None = None
+) -> Any:
+    """Initialise ``model``'s variables under ``jax.jit``.
+
+    Draws with the ``rbg`` PRNG: XLA compiles its generator far faster than
+    threefry's (on a 2-core CPU, 5 s instead of 20 s for a 25-layer network),
+    and initial values need no bit-exact cross-platform reproducibility.
+
+    Args:
+      model: the network.
+      seed: an integer seed or a PRNG key.
+      input_shape: NHWC shape to trace with (default: one image of
+        ``model.min_input_size``-compatible size, 32 or 224).
+
+    Returns:
+      ``{"params": ..., "batch_stats": ...}``.
+    """
+    if input_shape is None:
+        size = 224 if model.stem == "imagenet" else 32
+        input_shape = (1, size, size, model.in_channels)
+    key = jax.random.key(seed, impl="rbg") if isinstance(seed, int) else seed
+    return jax.jit(model.init)(key, jnp.zeros(tuple(input_shape), jnp.float32))

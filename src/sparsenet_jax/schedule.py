@@ -24,7 +24,7 @@ ScheduleKind = Literal["dense", "sparse"]
 SCHEDULE_KINDS: tuple[str, ...] = ("dense", "sparse")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sparse_reads(layer: int, base: int) -> tuple[int, ...]:
     reads = []
     offset = 1
@@ -48,9 +48,7 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULE_KINDS:
-            raise ValueError(
-                f"schedule kind must be one of {SCHEDULE_KINDS}, got {self.kind!r}"
-            )
+            raise ValueError(f"schedule kind must be one of {SCHEDULE_KINDS}, got {self.kind!r}")
         if isinstance(self.base, bool) or not isinstance(self.base, int):
             raise TypeError(f"schedule base must be an int, got {self.base!r}")
         if self.base < 2:

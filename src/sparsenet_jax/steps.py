@@ -1,0 +1,206 @@
+"""Train state, optimizer, and the jitted train and eval steps.
+
+One pure function per step. The train step is jitted once with the state
+donated, the batch sharded over a 1-D ``data`` mesh and the state replicated,
+so the same code runs on one CPU, several devices, GPU, TPU and several hosts;
+XLA inserts the all-reduces (BatchNorm statistics are over the global batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sparsenet_jax.models import init_variables
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+Preprocess = Callable[[jax.Array, jax.Array, bool], jax.Array]
+"""(rng, images, train) → model input. Augmentation and normalisation live here,
+inside the jitted step, so the host only gathers uint8 batches."""
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything that changes during training; a plain pytree (checkpointable)."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: optax.OptState
+
+
+def decay_mask(params: Any) -> Any:
+    """True for conv and dense kernels: weight decay applies to them only (not BN, not biases)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params
+    )
+
+
+def piecewise_lr(
+    base_lr: float, steps_per_epoch: int, boundaries_epochs: Sequence[float], factor: float = 0.1
+) -> optax.Schedule:
+    """``base_lr`` multiplied by ``factor`` at each boundary (in epochs)."""
+    return optax.piecewise_constant_schedule(
+        base_lr, {int(round(e * steps_per_epoch)): factor for e in boundaries_epochs}
+    )
+
+
+def make_optimizer(
+    learning_rate: float | optax.Schedule,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 1e-4,
+) -> optax.GradientTransformation:
+    """SGD as in the official recipe: L2 on kernels folded into the gradient, then momentum.
+
+    Matches ``torch.optim.SGD(weight_decay=wd)`` restricted to conv/linear weights.
+    """
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=decay_mask),
+        optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov and momentum > 0),
+    )
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    seed: int | jax.Array,
+    input_shape: Sequence[int],
+) -> TrainState:
+    """Initialise parameters, BatchNorm statistics and optimizer state."""
+    variables = init_variables(model, seed, input_shape)  # type: ignore[arg-type]
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+    )
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def identity_preprocess(rng: jax.Array, images: jax.Array, train: bool) -> jax.Array:
+    del rng, train
+    return images
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    seed: int = 0,
+    preprocess: Preprocess = identity_preprocess,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """The pure train step: (state, batch) → (new state, metrics).
+
+    Random numbers (augmentation, dropout) derive from ``(seed, state.step)``,
+    so a resumed run draws exactly what an uninterrupted one would.
+    """
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        # rbg: XLA compiles its bit generator much faster than threefry (dropout masks).
+        rng = jax.random.fold_in(jax.random.key(seed, impl="rbg"), state.step)
+        aug_rng, dropout_rng = jax.random.split(rng)
+        images = preprocess(aug_rng, batch["image"], True)
+        labels = batch["label"]
+
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_rng},
+            )
+            return cross_entropy(logits, labels).mean(), (logits, updates["batch_stats"])
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+            "grad_norm": optax.global_norm(grads),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(
+    model: nn.Module, preprocess: Preprocess = identity_preprocess, top_k: int = 5
+) -> Callable[[TrainState, Batch], Metrics]:
+    """Sums over a batch (``mask`` marks real examples): loss, top-1 and top-k correct, count."""
+
+    def eval_step(state: TrainState, batch: Batch) -> Metrics:
+        images = preprocess(jax.random.key(0), batch["image"], False)
+        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images)
+        labels = batch["label"]
+        mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32))
+        k = min(top_k, logits.shape[-1])
+        top = jax.lax.top_k(logits, k)[1]
+        return {
+            "loss": jnp.sum(cross_entropy(logits, labels) * mask),
+            "correct": jnp.sum((top[:, 0] == labels) * mask),
+            f"correct_top{k}": jnp.sum(jnp.any(top == labels[:, None], -1) * mask),
+            "count": jnp.sum(mask),
+        }
+
+    return eval_step
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh over all (global) devices, axis ``data``."""
+    devs = np.asarray(jax.devices() if devices is None else devices)
+    return Mesh(devs, ("data",))
+
+
+def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
+    """(replicated, batch-sharded) shardings on ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+
+
+def jit_train_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+    """Jit with the state replicated and donated, the batch sharded over ``data``."""
+    replicated, batched = shardings(mesh)
+    return jax.jit(
+        step_fn,
+        in_shardings=(replicated, batched),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+
+def jit_eval_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+    replicated, batched = shardings(mesh)
+    return jax.jit(step_fn, in_shardings=(replicated, batched), out_shardings=replicated)
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble each host's slice of the batch into one global array sharded over ``data``."""
+    _, batched = shardings(mesh)
+    return {
+        k: jax.make_array_from_process_local_data(batched, np.asarray(v)) for k, v in local.items()
+    }
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    replicated, _ = shardings(mesh)
+    return jax.device_put(tree, replicated)
