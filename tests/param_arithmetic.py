@@ -49,7 +49,7 @@ def expected_params(model: SparseNet) -> int:
     else:
         total = _conv(3, model.in_channels, stem)
     channels = stem
-    for b, (n, k) in enumerate(zip(model.block_sizes, growths)):
+    for b, (n, k) in enumerate(zip(model.block_sizes, growths, strict=False)):
         if b > 0:
             out = math.floor(model.compression * channels) if concat else k
             total += _bn(channels) + _conv(1, channels, out)

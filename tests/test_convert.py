@@ -70,7 +70,7 @@ def test_bad_state_dict_lists_every_problem():
 
 def test_wrong_model_for_checkpoint():
     ref = load_reference("tiny_sparsenet_d25_k6_c10.npz")
-    with pytest.raises(ValueError, match="unexpected: features.dense-stage-0.block-4"):
+    with pytest.raises(ValueError, match=r"unexpected: features\.dense-stage-0\.block-4"):
         convert.from_torch_state_dict(sj.create_model("densenet-13-6"), _state_dict(ref))
 
 

@@ -42,6 +42,8 @@ def make_norm(train: bool, dtype: Any, param_dtype: Any) -> Callable[..., nn.Bat
         use_running_average=not train,
         momentum=0.9,
         epsilon=1e-5,
+        # Two-pass variance, as PyTorch: E[x²]−E[x]² loses precision and gradients drift.
+        use_fast_variance=False,
         dtype=dtype,
         param_dtype=param_dtype,
     )

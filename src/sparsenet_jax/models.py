@@ -102,7 +102,7 @@ class SparseNet(nn.Module):
     def _transition_width(self, channels: int, next_growth: int) -> int:
         if self.aggregation == "sum":
             return next_growth
-        return int(math.floor(self.compression * channels))
+        return math.floor(self.compression * channels)
 
     @property
     def min_input_size(self) -> int:

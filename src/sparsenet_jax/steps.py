@@ -49,7 +49,7 @@ def piecewise_lr(
 ) -> optax.Schedule:
     """``base_lr`` multiplied by ``factor`` at each boundary (in epochs)."""
     return optax.piecewise_constant_schedule(
-        base_lr, {int(round(e * steps_per_epoch)): factor for e in boundaries_epochs}
+        base_lr, {round(e * steps_per_epoch): factor for e in boundaries_epochs}
     )
 
 
@@ -74,16 +74,22 @@ def create_train_state(
     tx: optax.GradientTransformation,
     seed: int | jax.Array,
     input_shape: Sequence[int],
+    mesh: Mesh | None = None,
 ) -> TrainState:
-    """Initialise parameters, BatchNorm statistics and optimizer state."""
+    """Initialise parameters, BatchNorm statistics and optimizer state.
+
+    With ``mesh``, the state is placed replicated on it, as the jitted steps
+    expect (another placement would cost a retrace on the first step).
+    """
     variables = init_variables(model, seed, input_shape)  # type: ignore[arg-type]
     params = variables["params"]
-    return TrainState(
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
     )
+    return state if mesh is None else replicate(state, mesh)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -151,7 +157,9 @@ def make_eval_step(
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         images = preprocess(jax.random.key(0), batch["image"], False)
-        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images)
+        logits: jax.Array = model.apply(  # type: ignore[assignment]
+            {"params": state.params, "batch_stats": state.batch_stats}, images
+        )
         labels = batch["label"]
         mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32))
         k = min(top_k, logits.shape[-1])

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import LARGE_REFERENCES, TINY_REFERENCES, load_reference
+
+import sparsenet_jax as sj
+from sparsenet_jax import convert, steps
+
+
+def _one_reference_step(filename: str, name: str, classes: int):
+    ref = load_reference(filename)
+    model = sj.create_model(name, num_classes=classes)
+    sd = {k[3:]: v for k, v in ref.items() if k.startswith("sd/")}
+    variables = convert.from_torch_state_dict(model, sd)
+    tx = steps.make_optimizer(0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    state = steps.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+    )
+    train_step = jax.jit(steps.make_train_step(model, tx))
+    batch = {"image": jnp.asarray(ref["x"].transpose(0, 2, 3, 1)), "label": jnp.asarray(ref["y"])}
+    new_state, metrics = train_step(state, batch)
+    after = convert.from_torch_state_dict(
+        model, {k[5:]: v for k, v in ref.items() if k.startswith("step/")}
+    )
+    return ref, variables, new_state, after, metrics
+
+
+def _assert_updates_match(before, ours, reference):
+    """Per leaf: max|Δours − Δref| ≤ 2% of max|Δref| (DESIGN.md §5)."""
+    flat_before = jax.tree_util.tree_leaves_with_path(before)
+    flat_ours = jax.tree_util.tree_leaves(ours)
+    flat_ref = jax.tree_util.tree_leaves(reference)
+    for (path, b), o, r in zip(flat_before, flat_ours, flat_ref, strict=True):
+        d_ours, d_ref = np.asarray(o) - np.asarray(b), np.asarray(r) - np.asarray(b)
+        scale = np.abs(d_ref).max()
+        assert scale > 0, path
+        err = np.abs(d_ours - d_ref).max()
+        assert err <= 0.02 * scale, f"{jax.tree_util.keystr(path)}: {err} > 2% of {scale}"
+
+
+@pytest.mark.parametrize(("filename", "spec"), list(TINY_REFERENCES.items()))
+def test_one_sgd_step_matches_reference(filename, spec):
+    ref, before, state, after, metrics = _one_reference_step(filename, *spec)
+    assert float(metrics["loss"]) == pytest.approx(float(ref["loss_train"]), rel=1e-4)
+    _assert_updates_match(before["params"], state.params, after["params"])
+    assert int(state.step) == 1
+    # Running means follow PyTorch's momentum 0.1 (variances differ only by the n/(n-1) convention).
+    chex.assert_trees_all_close(
+        jax.tree_util.tree_map(lambda s: s, state.batch_stats)["norm_last"]["mean"],
+        after["batch_stats"]["norm_last"]["mean"],
+        atol=1e-4,
+        rtol=1e-3,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("filename", "spec"), list(LARGE_REFERENCES.items()))
+def test_one_sgd_step_matches_reference_large(filename, spec):
+    _, before, state, after, _ = _one_reference_step(filename, *spec)
+    _assert_updates_match(before["params"], state.params, after["params"])
+
+
+def test_a_wrong_convention_is_caught():
+    """Weight decay on BatchNorm too would move BN parameters off the reference."""
+    filename, spec = next(iter(TINY_REFERENCES.items()))
+    ref, before, _, after, _ = _one_reference_step(filename, *spec)
+    model = sj.create_model(spec[0], num_classes=spec[1])
+    import optax
+
+    tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
+    tx = optax.chain(optax.add_decayed_weights(0.5), tx)  # decays everything, strongly
+    state = steps.TrainState(jnp.zeros((), jnp.int32), before["params"], before["batch_stats"],
+                             tx.init(before["params"]))
+    batch = {"image": jnp.asarray(ref["x"].transpose(0, 2, 3, 1)), "label": jnp.asarray(ref["y"])}
+    new_state, _ = jax.jit(steps.make_train_step(model, tx))(state, batch)
+    with pytest.raises(AssertionError):
+        _assert_updates_match(before["params"], new_state.params, after["params"])
+
+
+def test_decay_mask_selects_kernels_only():
+    model = sj.create_model("densenet-13-6")
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    mask = steps.decay_mask(params["params"])
+    assert mask["conv0"]["kernel"] and mask["classifier"]["kernel"]
+    assert not mask["classifier"]["bias"] and not mask["norm_last"]["scale"]
+
+
+def test_piecewise_lr():
+    schedule = steps.piecewise_lr(0.1, steps_per_epoch=10, boundaries_epochs=(150, 225))
+    assert float(schedule(0)) == pytest.approx(0.1)
+    assert float(schedule(1499)) == pytest.approx(0.1)
+    assert float(schedule(1500)) == pytest.approx(0.01)
+    assert float(schedule(2250)) == pytest.approx(0.001)
+
+
+def test_train_step_does_not_retrace_and_eval_counts():
+    model = sj.create_model("sparsenet-13-6")
+    tx = steps.make_optimizer(0.05)
+    mesh = steps.data_mesh()
+    state = steps.create_train_state(model, tx, 0, (1, 32, 32, 3), mesh)
+    train_step = steps.jit_train_step(chex.assert_max_traces(steps.make_train_step(model, tx), n=1),
+                                      mesh)
+    eval_step = steps.jit_eval_step(steps.make_eval_step(model), mesh)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        batch = steps.global_batch({
+            "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+            "label": rng.integers(0, 10, 8).astype(np.int32)}, mesh)
+        state, metrics = train_step(state, batch)
+        assert np.isfinite(float(metrics["loss"]))
+    assert int(state.step) == 3
+    mask = np.array([1, 1, 1, 0, 0, 0, 0, 0], np.float32)
+    out = eval_step(state, steps.global_batch({**{k: np.asarray(v) for k, v in batch.items()},
+                                                "mask": mask}, mesh))
+    assert float(out["count"]) == 3.0
+    assert 0 <= float(out["correct"]) <= float(out["correct_top5"]) <= 3
