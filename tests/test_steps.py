@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import LARGE_REFERENCES, TINY_REFERENCES, load_reference
 
 import sparsenet_jax as sj
+from conftest import LARGE_REFERENCES, TINY_REFERENCES, load_reference
 from sparsenet_jax import convert, steps
 
 
