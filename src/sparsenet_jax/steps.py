@@ -153,7 +153,10 @@ def make_train_step(
 def make_eval_step(
     model: nn.Module, preprocess: Preprocess = identity_preprocess, top_k: int = 5
 ) -> Callable[[TrainState, Batch], Metrics]:
-    """Sums over a batch (``mask`` marks real examples): loss, top-1 and top-k correct, count."""
+    """Sums over a batch (``mask`` marks real examples): loss, top-1 and top-k correct, count.
+
+    ``top_k`` <= 1 reports top-1 only.
+    """
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         images = preprocess(jax.random.key(0), batch["image"], False)
@@ -162,14 +165,16 @@ def make_eval_step(
         )
         labels = batch["label"]
         mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32))
-        k = min(top_k, logits.shape[-1])
-        top = jax.lax.top_k(logits, k)[1]
-        return {
+        sums = {
             "loss": jnp.sum(cross_entropy(logits, labels) * mask),
-            "correct": jnp.sum((top[:, 0] == labels) * mask),
-            f"correct_top{k}": jnp.sum(jnp.any(top == labels[:, None], -1) * mask),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
             "count": jnp.sum(mask),
         }
+        k = min(top_k, logits.shape[-1])
+        if k > 1:
+            top = jax.lax.top_k(logits, k)[1]
+            sums[f"correct_top{k}"] = jnp.sum(jnp.any(top == labels[:, None], -1) * mask)
+        return sums
 
     return eval_step
 
