@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sparsenet_jax.data import DATASETS
-from sparsenet_jax.presets import parse_name
+from sparsenet_jax.presets import create_model
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 
@@ -141,10 +141,13 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     if config.dtype not in DTYPES:
         raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
-    try:
-        parse_name(config.model)
-    except ValueError as err:
-        raise ConfigError(f"model: {err}") from None
+    if not isinstance(config.model_kwargs, dict):
+        raise ConfigError(f"model_kwargs: must be a JSON object, got {config.model_kwargs!r}")
+    try:  # builds the (uninitialised) module: checks the name, depth and overrides
+        create_model(config.model, **config.model_kwargs)
+    except (ValueError, TypeError) as err:
+        field = "model" if not config.model_kwargs else "model/model_kwargs"
+        raise ConfigError(f"{field}: {err}") from None
     positive = ("batch_size", "eval_batch_size", "epochs", "log_every_steps", "eval_every_epochs")
     for name in positive:
         if getattr(config, name) < 1:
@@ -168,8 +171,6 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(
             f"lr_boundaries: must be increasing positive epochs, got {config.lr_boundaries}"
         )
-    if not isinstance(config.model_kwargs, dict):
-        raise ConfigError(f"model_kwargs: must be a JSON object, got {config.model_kwargs!r}")
     if not config.workdir:
         raise ConfigError("workdir: must not be empty")
     return config

@@ -1,0 +1,172 @@
+"""End-to-end tests of ``python -m sparsenet_jax.train`` on the offline digits data."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from train_helpers import (
+    checkpoint_steps,
+    cli_env,
+    load_checkpoint,
+    read_metrics,
+    run_train,
+    train_cmd,
+)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+def test_short_run_writes_everything(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    result = run_train(workdir, "--max-steps", "6", "--checkpoint-every-steps", "3",
+                       cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert "done: sparsenet-13-6 on digits, step 6" in result.stdout
+    assert "parameters" in result.stdout and "wall time" in result.stdout
+    records = read_metrics(workdir)
+    train = [r for r in records if r["split"] == "train"]
+    test = [r for r in records if r["split"] == "test"]
+    assert [r["step"] for r in train] == [2, 4, 6]
+    for r in train:
+        assert {"epoch", "loss", "accuracy", "lr", "images_per_sec"} <= set(r)
+        assert np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1
+    assert len(test) == 1 and test[0]["step"] == 6 and 0 <= test[0]["accuracy"] <= 1
+    assert checkpoint_steps(workdir) == [3, 6]
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"] == "sparsenet-13-6" and saved["max_steps"] == 6
+    assert any((workdir / "tensorboard").iterdir())
+    assert "step 6/6" in result.stderr  # progress
+
+
+def test_kill_9_then_resume_is_bit_exact(tmp_path, cache_dir):
+    steps = "16"
+    straight = tmp_path / "straight"
+    result = run_train(straight, "--max-steps", steps, "--checkpoint-every-steps", "4",
+                       cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr
+
+    crashed = tmp_path / "crashed"
+    proc = subprocess.Popen(
+        train_cmd(crashed, "--max-steps", steps, "--checkpoint-every-steps", "4"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(cache_dir),
+    )
+    deadline = time.time() + 240
+    while not checkpoint_steps(crashed) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = checkpoint_steps(crashed)
+    assert killed_at and max(killed_at) < int(steps)
+
+    result = run_train(crashed, "--max-steps", steps, "--checkpoint-every-steps", "4",
+                       cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr
+    a, b = load_checkpoint(straight, int(steps)), load_checkpoint(crashed, int(steps))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # The metrics file holds each step once, as an uninterrupted run's does.
+    steps_logged = [r["step"] for r in read_metrics(crashed) if r["split"] == "train"]
+    assert steps_logged == sorted(set(steps_logged))
+    assert steps_logged == [r["step"] for r in read_metrics(straight) if r["split"] == "train"]
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_cmd(workdir, "--max-steps", "400", "--checkpoint-every-steps", "2"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(cache_dir),
+    )
+    deadline = time.time() + 240
+    while not checkpoint_steps(workdir) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "SIGTERM: saved checkpoint at step" in err
+    stopped_at = int(err.split("SIGTERM: saved checkpoint at step ")[1].split()[0])
+    assert stopped_at in checkpoint_steps(workdir)
+    assert stopped_at < 400
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    result = run_train(workdir, "--max-steps", "20", "--lr", "1e30", "--checkpoint-every-steps",
+                       "50", cache_dir=cache_dir)
+    assert result.returncode == 1
+    assert "error: the loss became nan" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+    assert checkpoint_steps(workdir) == []  # nothing non-finite was saved
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    assert run_train(workdir, "--max-steps", "4", "--checkpoint-every-steps", "2",
+                     cache_dir=cache_dir).returncode == 0
+    assert checkpoint_steps(workdir) == [2, 4]
+    for path in (workdir / "checkpoints" / "4").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    result = run_train(workdir, "--max-steps", "6", "--checkpoint-every-steps", "2",
+                       cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert "checkpoint 4" in result.stderr and "unreadable" in result.stderr
+    assert "resumed from step 2" in result.stderr
+
+
+def test_resume_with_another_model_is_refused(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    assert run_train(workdir, "--max-steps", "2", cache_dir=cache_dir).returncode == 0
+    result = run_train(workdir, "--max-steps", "4", "--model", "densenet-13-6",
+                       cache_dir=cache_dir)
+    assert result.returncode == 1
+    assert "holds a run of another configuration" in result.stderr
+    assert "model: workdir has 'sparsenet-13-6', asked 'densenet-13-6'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_dataset_is_a_clear_message(tmp_path):
+    result = subprocess.run(
+        train_cmd(tmp_path / "run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none")),
+        capture_output=True, text=True, timeout=120, env=cli_env(),
+    )
+    assert result.returncode == 1
+    assert str(tmp_path / "none") in result.stderr and "prepare" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--batch-size", "abc"], "invalid int value"),
+     (["--recipe", "cifar1O"], "did you mean 'cifar10'"),
+     (["--dataset", "cifar"], "did you mean"),
+     (["--lr", "-1"], "--lr: must be > 0"),
+     (["--model", "sparsenet-41-24"], "depth 41"),
+     (["--bogus-flag", "1"], "unrecognized arguments"),
+     (["--model-kwargs", "{bad"], "not valid JSON")],
+)
+def test_bad_flags_exit_2_without_traceback(tmp_path, args, message):
+    result = subprocess.run(train_cmd(tmp_path / "run", *args), capture_output=True, text=True,
+                            timeout=60, env=cli_env())
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_field():
+    import dataclasses
+
+    from sparsenet_jax.config import TrainConfig, build_parser
+
+    text = build_parser().format_help()
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in text
