@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+
 from train_helpers import cli_env, read_metrics, run_train, train_cmd
 
 EIGHT_DEVICES = textwrap.dedent(
@@ -43,8 +44,9 @@ EIGHT_DEVICES = textwrap.dedent(
 
 def test_eight_fake_devices_match_one(tmp_path):
     env = cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    result = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], capture_output=True,
-                            text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", EIGHT_DEVICES], capture_output=True, text=True, timeout=300, env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     losses = json.loads(result.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(losses["8"], losses["1"], rtol=1e-4)
@@ -68,9 +70,22 @@ def test_two_processes_on_localhost_agree_with_one(tmp_path):
     port = _free_port()
     procs = [
         subprocess.Popen(
-            train_cmd(multi, *args, "--distributed", "true", "--coordinator-address",
-                      f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+            train_cmd(
+                multi,
+                *args,
+                "--distributed",
+                "true",
+                "--coordinator-address",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
         )
         for i in range(2)
     ]

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 import sparsenet_jax as sj
-from param_arithmetic import expected_params
+from sparsenet_jax.arithmetic import expected_params
 
 
 def _flax_params(model: sj.SparseNet) -> int:
@@ -142,3 +142,14 @@ def test_bad_overrides():
         sj.create_model("sparsenet-40-24", compression=1.5)
     with pytest.raises(ValueError, match="one growth rate or one a block"):
         sj.create_model("sparsenet-40-24", growth_rate=(12, 24))
+
+
+def test_readme_table_is_what_the_code_prints():
+    import pathlib
+
+    from sparsenet_jax.tables import preset_table, readme_table
+
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    assert readme_table(str(readme)) == preset_table(exact=False), (
+        "README presets table is stale: run python -m sparsenet_jax.tables --readme README.md"
+    )

@@ -76,8 +76,9 @@ def test_a_wrong_convention_is_caught():
 
     tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
     tx = optax.chain(optax.add_decayed_weights(0.5), tx)  # decays everything, strongly
-    state = steps.TrainState(jnp.zeros((), jnp.int32), before["params"], before["batch_stats"],
-                             tx.init(before["params"]))
+    state = steps.TrainState(
+        jnp.zeros((), jnp.int32), before["params"], before["batch_stats"], tx.init(before["params"])
+    )
     batch = {"image": jnp.asarray(ref["x"].transpose(0, 2, 3, 1)), "label": jnp.asarray(ref["y"])}
     new_state, _ = jax.jit(steps.make_train_step(model, tx))(state, batch)
     with pytest.raises(AssertionError):
@@ -105,19 +106,26 @@ def test_train_step_does_not_retrace_and_eval_counts():
     tx = steps.make_optimizer(0.05)
     mesh = steps.data_mesh()
     state = steps.create_train_state(model, tx, 0, (1, 32, 32, 3), mesh)
-    train_step = steps.jit_train_step(chex.assert_max_traces(steps.make_train_step(model, tx), n=1),
-                                      mesh)
+    train_step = steps.jit_train_step(
+        chex.assert_max_traces(steps.make_train_step(model, tx), n=1), mesh
+    )
     eval_step = steps.jit_eval_step(steps.make_eval_step(model), mesh)
     rng = np.random.default_rng(0)
     for _ in range(3):
-        batch = steps.global_batch({
-            "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
-            "label": rng.integers(0, 10, 8).astype(np.int32)}, mesh)
+        batch = steps.global_batch(
+            {
+                "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+                "label": rng.integers(0, 10, 8).astype(np.int32),
+            },
+            mesh,
+        )
         state, metrics = train_step(state, batch)
         assert np.isfinite(float(metrics["loss"]))
     assert int(state.step) == 3
     mask = np.array([1, 1, 1, 0, 0, 0, 0, 0], np.float32)
-    out = eval_step(state, steps.global_batch({**{k: np.asarray(v) for k, v in batch.items()},
-                                                "mask": mask}, mesh))
+    out = eval_step(
+        state,
+        steps.global_batch({**{k: np.asarray(v) for k, v in batch.items()}, "mask": mask}, mesh),
+    )
     assert float(out["count"]) == 3.0
     assert 0 <= float(out["correct"]) <= float(out["correct_top5"]) <= 3

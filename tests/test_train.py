@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+
 from train_helpers import (
     checkpoint_steps,
     cli_env,
@@ -26,8 +27,9 @@ def cache_dir(tmp_path_factory):
 
 def test_short_run_writes_everything(tmp_path, cache_dir):
     workdir = tmp_path / "run"
-    result = run_train(workdir, "--max-steps", "6", "--checkpoint-every-steps", "3",
-                       cache_dir=cache_dir)
+    result = run_train(
+        workdir, "--max-steps", "6", "--checkpoint-every-steps", "3", cache_dir=cache_dir
+    )
     assert result.returncode == 0, result.stderr
     assert "done: sparsenet-13-6 on digits, step 6" in result.stdout
     assert "parameters" in result.stdout and "wall time" in result.stdout
@@ -49,14 +51,17 @@ def test_short_run_writes_everything(tmp_path, cache_dir):
 def test_kill_9_then_resume_is_bit_exact(tmp_path, cache_dir):
     steps = "16"
     straight = tmp_path / "straight"
-    result = run_train(straight, "--max-steps", steps, "--checkpoint-every-steps", "4",
-                       cache_dir=cache_dir)
+    result = run_train(
+        straight, "--max-steps", steps, "--checkpoint-every-steps", "4", cache_dir=cache_dir
+    )
     assert result.returncode == 0, result.stderr
 
     crashed = tmp_path / "crashed"
     proc = subprocess.Popen(
         train_cmd(crashed, "--max-steps", steps, "--checkpoint-every-steps", "4"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(cache_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(cache_dir),
     )
     deadline = time.time() + 240
     while not checkpoint_steps(crashed) and time.time() < deadline and proc.poll() is None:
@@ -67,8 +72,9 @@ def test_kill_9_then_resume_is_bit_exact(tmp_path, cache_dir):
     killed_at = checkpoint_steps(crashed)
     assert killed_at and max(killed_at) < int(steps)
 
-    result = run_train(crashed, "--max-steps", steps, "--checkpoint-every-steps", "4",
-                       cache_dir=cache_dir)
+    result = run_train(
+        crashed, "--max-steps", steps, "--checkpoint-every-steps", "4", cache_dir=cache_dir
+    )
     assert result.returncode == 0, result.stderr
     a, b = load_checkpoint(straight, int(steps)), load_checkpoint(crashed, int(steps))
     assert a.keys() == b.keys()
@@ -84,13 +90,16 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     proc = subprocess.Popen(
         train_cmd(workdir, "--max-steps", "400", "--checkpoint-every-steps", "2"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(cache_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(cache_dir),
     )
     deadline = time.time() + 240
     while not checkpoint_steps(workdir) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "SIGTERM: saved checkpoint at step" in err
     stopped_at = int(err.split("SIGTERM: saved checkpoint at step ")[1].split()[0])
@@ -100,8 +109,16 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, cache_dir):
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, cache_dir):
     workdir = tmp_path / "run"
-    result = run_train(workdir, "--max-steps", "20", "--lr", "1e30", "--checkpoint-every-steps",
-                       "50", cache_dir=cache_dir)
+    result = run_train(
+        workdir,
+        "--max-steps",
+        "20",
+        "--lr",
+        "1e30",
+        "--checkpoint-every-steps",
+        "50",
+        cache_dir=cache_dir,
+    )
     assert result.returncode == 1
     assert "error: the loss became nan" in result.stderr.lower()
     assert "Traceback" not in result.stderr
@@ -110,14 +127,19 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, cache_dir):
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, cache_dir):
     workdir = tmp_path / "run"
-    assert run_train(workdir, "--max-steps", "4", "--checkpoint-every-steps", "2",
-                     cache_dir=cache_dir).returncode == 0
+    assert (
+        run_train(
+            workdir, "--max-steps", "4", "--checkpoint-every-steps", "2", cache_dir=cache_dir
+        ).returncode
+        == 0
+    )
     assert checkpoint_steps(workdir) == [2, 4]
     for path in (workdir / "checkpoints" / "4").rglob("*"):
         if path.is_file():
             path.write_bytes(b"garbage")
-    result = run_train(workdir, "--max-steps", "6", "--checkpoint-every-steps", "2",
-                       cache_dir=cache_dir)
+    result = run_train(
+        workdir, "--max-steps", "6", "--checkpoint-every-steps", "2", cache_dir=cache_dir
+    )
     assert result.returncode == 0, result.stderr
     assert "checkpoint 4" in result.stderr and "unreadable" in result.stderr
     assert "resumed from step 2" in result.stderr
@@ -126,8 +148,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, cache_dir):
 def test_resume_with_another_model_is_refused(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     assert run_train(workdir, "--max-steps", "2", cache_dir=cache_dir).returncode == 0
-    result = run_train(workdir, "--max-steps", "4", "--model", "densenet-13-6",
-                       cache_dir=cache_dir)
+    result = run_train(workdir, "--max-steps", "4", "--model", "densenet-13-6", cache_dir=cache_dir)
     assert result.returncode == 1
     assert "holds a run of another configuration" in result.stderr
     assert "model: workdir has 'sparsenet-13-6', asked 'densenet-13-6'" in result.stderr
@@ -137,7 +158,10 @@ def test_resume_with_another_model_is_refused(tmp_path, cache_dir):
 def test_missing_dataset_is_a_clear_message(tmp_path):
     result = subprocess.run(
         train_cmd(tmp_path / "run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none")),
-        capture_output=True, text=True, timeout=120, env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(),
     )
     assert result.returncode == 1
     assert str(tmp_path / "none") in result.stderr and "prepare" in result.stderr
@@ -146,17 +170,24 @@ def test_missing_dataset_is_a_clear_message(tmp_path):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--batch-size", "abc"], "invalid int value"),
-     (["--recipe", "cifar1O"], "did you mean 'cifar10'"),
-     (["--dataset", "cifar"], "did you mean"),
-     (["--lr", "-1"], "--lr: must be > 0"),
-     (["--model", "sparsenet-41-24"], "depth 41"),
-     (["--bogus-flag", "1"], "unrecognized arguments"),
-     (["--model-kwargs", "{bad"], "not valid JSON")],
+    [
+        (["--batch-size", "abc"], "invalid int value"),
+        (["--recipe", "cifar1O"], "did you mean 'cifar10'"),
+        (["--dataset", "cifar"], "did you mean"),
+        (["--lr", "-1"], "--lr: must be > 0"),
+        (["--model", "sparsenet-41-24"], "depth 41"),
+        (["--bogus-flag", "1"], "unrecognized arguments"),
+        (["--model-kwargs", "{bad"], "not valid JSON"),
+    ],
 )
 def test_bad_flags_exit_2_without_traceback(tmp_path, args, message):
-    result = subprocess.run(train_cmd(tmp_path / "run", *args), capture_output=True, text=True,
-                            timeout=60, env=cli_env())
+    result = subprocess.run(
+        train_cmd(tmp_path / "run", *args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+    )
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr

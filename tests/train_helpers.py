@@ -11,8 +11,16 @@ import sys
 import numpy as np
 
 # A tiny network on the offline digits data keeps every run to seconds.
-TINY_ARGS = ["--recipe", "digits", "--model", "sparsenet-13-6", "--batch-size", "32",
-             "--log-every-steps", "2"]
+TINY_ARGS = [
+    "--recipe",
+    "digits",
+    "--model",
+    "sparsenet-13-6",
+    "--batch-size",
+    "32",
+    "--log-every-steps",
+    "2",
+]
 
 
 def cli_env(cache_dir: pathlib.Path | None = None, **extra: str) -> dict[str, str]:
@@ -23,14 +31,27 @@ def cli_env(cache_dir: pathlib.Path | None = None, **extra: str) -> dict[str, st
 
 
 def train_cmd(workdir: pathlib.Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "sparsenet_jax.train", *TINY_ARGS, "--workdir", str(workdir),
-            *args]
+    return [
+        sys.executable,
+        "-m",
+        "sparsenet_jax.train",
+        *TINY_ARGS,
+        "--workdir",
+        str(workdir),
+        *args,
+    ]
 
 
-def run_train(workdir: pathlib.Path, *args: str, cache_dir=None, timeout=300,
-              **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(train_cmd(workdir, *args), capture_output=True, text=True,
-                          timeout=timeout, env=cli_env(cache_dir, **env))
+def run_train(
+    workdir: pathlib.Path, *args: str, cache_dir=None, timeout=300, **env: str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        train_cmd(workdir, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(cache_dir, **env),
+    )
 
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:

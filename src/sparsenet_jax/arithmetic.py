@@ -1,4 +1,4 @@
-"""Parameter counts from the layout rules alone (no Flax), to check the modules against.
+"""Parameter counts from the layout rules alone (no Flax): a second, independent count.
 
 Mirrors the official PyTorch model (DESIGN.md §2): every conv without bias,
 every BatchNorm with scale and bias, a dense head with bias.
@@ -49,7 +49,7 @@ def expected_params(model: SparseNet) -> int:
     else:
         total = _conv(3, model.in_channels, stem)
     channels = stem
-    for b, (n, k) in enumerate(zip(model.block_sizes, growths, strict=False)):
+    for b, (n, k) in enumerate(zip(model.block_sizes, growths, strict=True)):
         if b > 0:
             out = math.floor(model.compression * channels) if concat else k
             total += _bn(channels) + _conv(1, channels, out)
