@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -172,8 +172,14 @@ def _duration(seconds: float) -> str:
 class MetricsWriter:
     """``metrics.jsonl`` (one JSON object a line) and TensorBoard events, on process 0."""
 
-    def __init__(self, workdir: pathlib.Path, resume_step: int) -> None:
+    def __init__(
+        self,
+        workdir: pathlib.Path,
+        resume_step: int,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.enabled = jax.process_index() == 0
+        self.on_record = on_record
         self.path = workdir / "metrics.jsonl"
         self.tb: Any = None
         if not self.enabled:
@@ -204,6 +210,8 @@ class MetricsWriter:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.on_record is not None:
+            self.on_record(record)
         if self.tb is not None:
             for key, value in record.items():
                 if key not in ("split", "step") and isinstance(value, (int, float)):
@@ -335,8 +343,16 @@ def evaluate(
     return result
 
 
-def train_and_evaluate(config: TrainConfig) -> RunResult:
-    """Run (or resume) training as ``config`` says; return the summary."""
+def train_and_evaluate(
+    config: TrainConfig, on_record: Callable[[dict[str, Any]], None] | None = None
+) -> RunResult:
+    """Run (or resume) training as ``config`` says; return the summary.
+
+    Args:
+      config: the run (see :class:`~sparsenet_jax.config.TrainConfig`).
+      on_record: called with every record written to ``metrics.jsonl`` (e.g.
+        to draw live curves in a notebook).
+    """
     start = time.time()
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -385,7 +401,7 @@ def train_and_evaluate(config: TrainConfig) -> RunResult:
         steps.make_eval_step(model, preprocess, top_k=5 if info.num_classes > 10 else 0), mesh
     )
 
-    writer = MetricsWriter(workdir, first_step)
+    writer = MetricsWriter(workdir, first_step, on_record)
     progress = Progress(total_steps, config.progress and jax.process_index() == 0)
     checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
     best: tuple[float, int] | None = _best_so_far(workdir / "metrics.jsonl")
