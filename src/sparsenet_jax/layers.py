@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sparsenet_jax.schedule import Schedule
+from sparsenet_jax.schedule import Schedule, segments
 
 Aggregation = Literal["concat", "sum"]
 AGGREGATIONS: tuple[str, ...] = ("concat", "sum")
@@ -156,6 +156,18 @@ def _aggregate(parts: Sequence[jax.Array], aggregation: str) -> jax.Array:
     return total
 
 
+BlockImpl = Literal["unrolled", "scan"]
+BLOCK_IMPLS: tuple[str, ...] = ("unrolled", "scan")
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _unstack(tree: Any, count: int) -> list[Any]:
+    return [jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], tree) for i in range(count)]
+
+
 class AggregationBlock(nn.Module):
     """A block of ``num_layers`` units wired by a schedule and an aggregation.
 
@@ -164,13 +176,25 @@ class AggregationBlock(nn.Module):
     SparseNet[⊕]) or ``"sum"`` (ResNet, SparseNet[+]; every output then has
     the input's width). Layers are named ``block-1 … block-n`` as in the
     official model.
+
+    ``impl="scan"`` computes the same function with a smaller graph: runs of
+    layers that read at the same relative offsets (for base 2, layers
+    2^m+1 … 2^(m+1)−1) run as one ``lax.scan`` over their stacked parameters,
+    reading earlier outputs from a buffer of all outputs; dense + sum is one
+    scan over a running sum. Compile time then grows with the number of runs
+    (O(log n) for sparse) instead of n. The parameter tree is the same as
+    ``"unrolled"``'s, so checkpoints and the converter work with either.
+    ``remat=True`` recomputes each unit's activations in the backward pass
+    instead of storing them.
     """
 
     num_layers: int
     growth_rate: int
     schedule: Schedule
     aggregation: Aggregation
-    unit: Callable[..., nn.Module]
+    unit: Callable[..., nn.Module]  # unit(features, name=..., parent=...)
+    impl: BlockImpl = "unrolled"
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -179,14 +203,21 @@ class AggregationBlock(nn.Module):
                 f"summation needs every output as wide as the block input: input has "
                 f"{x.shape[-1]} channels, units emit {self.growth_rate}"
             )
+        if self.impl not in BLOCK_IMPLS:
+            raise ValueError(f"block impl must be one of {BLOCK_IMPLS}, got {self.impl!r}")
+        # Initialisation always takes the unrolled path: it creates the
+        # variables that both paths share.
+        if self.impl == "scan" and not self.is_initializing():
+            return self._scanned(x, train)
         if self.aggregation == "sum" and self.schedule.kind == "dense":
             return self._running_sum(x, train)
+        unit_cls = nn.remat(self.unit, static_argnums=(2,)) if self.remat else self.unit
         outputs = [x]
         for layer in range(1, self.num_layers + 1):
             layer_input = _aggregate(
                 [outputs[i] for i in self.schedule.inputs(layer)], self.aggregation
             )
-            outputs.append(self.unit(self.growth_rate, name=f"block-{layer}")(layer_input, train))
+            outputs.append(unit_cls(self.growth_rate, name=f"block-{layer}")(layer_input, train))
         return _aggregate(
             [outputs[i] for i in self.schedule.block_output(self.num_layers)], self.aggregation
         )
@@ -194,7 +225,93 @@ class AggregationBlock(nn.Module):
     def _running_sum(self, x: jax.Array, train: bool) -> jax.Array:
         # Summing every earlier output is ResNet's identity stream: keep one
         # running sum (one addition a layer) instead of l additions at layer l.
+        unit_cls = nn.remat(self.unit, static_argnums=(2,)) if self.remat else self.unit
         stream = x
         for layer in range(1, self.num_layers + 1):
-            stream = stream + self.unit(self.growth_rate, name=f"block-{layer}")(stream, train)
+            stream = stream + unit_cls(self.growth_rate, name=f"block-{layer}")(stream, train)
         return stream
+
+    # -- the scanned implementation -------------------------------------------------
+
+    def _run_layers(
+        self,
+        first: int,
+        length: int,
+        body_input: Callable[[Any, jax.Array], jax.Array],
+        carry: Any,
+        update: Callable[[Any, jax.Array, jax.Array], Any],
+        train: bool,
+    ) -> Any:
+        """Run layers ``first … first+length-1`` as one scan over their stacked variables.
+
+        ``body_input(carry, l)`` builds layer ``l``'s input from the carry and
+        ``update(carry, l, y)`` stores its output ``y``.
+        """
+        template = self.unit(self.growth_rate, parent=None)
+        names = [f"block-{layer}" for layer in range(first, first + length)]
+        params = _stack([self.variables["params"][n] for n in names])
+        stats = _stack([self.variables["batch_stats"][n] for n in names])
+        needs_rng = train and getattr(template, "dropout_rate", 0.0) > 0.0
+        rngs = (
+            jax.random.split(self.make_rng("dropout"), length)
+            if needs_rng
+            else jnp.zeros((length,), jnp.uint32)
+        )
+
+        def body(carry: Any, xs: Any) -> tuple[Any, Any]:
+            layer, p, s, rng = xs
+            h = body_input(carry, layer)
+            variables = {"params": p, "batch_stats": s}
+            rngs = {"dropout": rng} if needs_rng else None
+            if train:
+                y, new = template.apply(variables, h, True, mutable=["batch_stats"], rngs=rngs)
+                s = new["batch_stats"]
+            else:
+                y = template.apply(variables, h, False)
+            return update(carry, layer, y), s
+
+        if self.remat:
+            body = jax.checkpoint(body)
+        layers = jnp.arange(first, first + length)
+        carry, new_stats = jax.lax.scan(body, carry, (layers, params, stats, rngs))
+        if train and not self.is_initializing():
+            for name, value in zip(names, _unstack(new_stats, length), strict=True):
+                self.put_variable("batch_stats", name, value)
+        return carry
+
+    def _scanned(self, x: jax.Array, train: bool) -> jax.Array:
+        n, k = self.num_layers, self.growth_rate
+        if self.aggregation == "sum" and self.schedule.kind == "dense":
+            return self._run_layers(
+                1, n, lambda stream, _: stream, x, lambda stream, _, y: stream + y, train
+            )
+        # Slot l of the buffer holds x_l (slot 0 too when x_0 is as wide as the rest).
+        x0_fits = x.shape[-1] == k
+        buffer = jnp.zeros((n + 1, *x.shape[:-1], k), x.dtype)
+        if x0_fits:
+            buffer = buffer.at[0].set(x)
+
+        def read(buf: jax.Array, layer: jax.Array, offsets: tuple[int, ...]) -> jax.Array:
+            parts = [jax.lax.dynamic_index_in_dim(buf, layer - o, keepdims=False) for o in offsets]
+            return _aggregate(parts, self.aggregation)
+
+        def write(buf: jax.Array, layer: jax.Array, y: jax.Array) -> jax.Array:
+            return jax.lax.dynamic_update_index_in_dim(buf, y, layer, 0)
+
+        for seg in segments(self.schedule, n, x0_fits):
+            reads_x0 = 0 in self.schedule.inputs(seg.first) and not x0_fits
+            if reads_x0:  # wider input: this layer runs on its own, outside any scan
+                parts = [x if seg.first - o == 0 else buffer[seg.first - o] for o in seg.offsets]
+                unit = self.unit(k, name=f"block-{seg.first}")
+                buffer = buffer.at[seg.first].set(unit(_aggregate(parts, self.aggregation), train))
+                continue
+            buffer = self._run_layers(
+                seg.first,
+                seg.length,
+                functools.partial(read, offsets=seg.offsets),
+                buffer,
+                write,
+                train,
+            )
+        outs = self.schedule.block_output(n)
+        return _aggregate([x if i == 0 else buffer[i] for i in outs], self.aggregation)

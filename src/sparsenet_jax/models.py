@@ -15,6 +15,7 @@ dense          sum          pre-activation ResNet
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -25,10 +26,12 @@ import jax.numpy as jnp
 
 from sparsenet_jax.layers import (
     AGGREGATIONS,
+    BLOCK_IMPLS,
     UNIT_CLASSES,
     UNIT_KINDS,
     Aggregation,
     AggregationBlock,
+    BlockImpl,
     Transition,
     UnitKind,
     make_conv,
@@ -58,6 +61,10 @@ class SparseNet(nn.Module):
       in_channels: channels of the input images.
       dropout_rate: dropout after every conv of the units and transitions.
       dtype: compute dtype. param_dtype: parameter dtype.
+      block_impl: ``"unrolled"`` (one graph node group a layer) or ``"scan"``
+        (runs of alike layers as one ``lax.scan``: same function, faster
+        compile); both share one parameter layout.
+      remat: recompute unit activations in the backward pass (less memory).
     """
 
     block_sizes: Sequence[int]
@@ -73,6 +80,8 @@ class SparseNet(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    block_impl: BlockImpl = "unrolled"
+    remat: bool = False
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -134,13 +143,15 @@ class SparseNet(nn.Module):
                     dropout_rate=self.dropout_rate,
                     name=f"transition-{i - 1}",
                 )(x, train)
-            unit = _bind_unit(unit_cls, conv, norm, self.dropout_rate)
+            unit = functools.partial(unit_cls, conv=conv, norm=norm, dropout_rate=self.dropout_rate)
             x = AggregationBlock(
                 num_layers=size,
                 growth_rate=growth,
                 schedule=self.schedule,
                 aggregation=self.aggregation,
                 unit=unit,
+                impl=self.block_impl,
+                remat=self.remat,
                 name=f"dense-stage-{i}",
             )(x, train)
 
@@ -168,13 +179,6 @@ class SparseNet(nn.Module):
             )
 
 
-def _bind_unit(unit_cls: type[nn.Module], conv: Any, norm: Any, dropout_rate: float) -> Any:
-    def unit(features: int, name: str) -> nn.Module:
-        return unit_cls(features, conv=conv, norm=norm, dropout_rate=dropout_rate, name=name)
-
-    return unit
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -187,6 +191,8 @@ def validate_config(model: SparseNet) -> None:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {model.aggregation!r}")
     if model.unit not in UNIT_KINDS:
         raise ValueError(f"unit must be one of {UNIT_KINDS}, got {model.unit!r}")
+    if model.block_impl not in BLOCK_IMPLS:
+        raise ValueError(f"block_impl must be one of {BLOCK_IMPLS}, got {model.block_impl!r}")
     if model.stem not in STEM_KINDS:
         raise ValueError(f"stem must be one of {STEM_KINDS}, got {model.stem!r}")
     sizes, growths = tuple(model.block_sizes), tuple(model.growth_rates)

@@ -101,3 +101,50 @@ def as_schedule(value: Schedule | str, base: int = 2) -> Schedule:
     if isinstance(value, str):
         return Schedule(value, base)  # type: ignore[arg-type]
     raise TypeError(f"expected a Schedule or one of {SCHEDULE_KINDS}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive layers ``first … last`` that read at the same relative offsets.
+
+    Their inputs have equal widths, so their parameters stack and one
+    ``lax.scan`` can run them (see :class:`sparsenet_jax.layers.AggregationBlock`).
+    """
+
+    first: int
+    last: int
+    offsets: tuple[int, ...]  # layer l reads x_{l - o} for o in offsets, in order
+
+    @property
+    def length(self) -> int:
+        return self.last - self.first + 1
+
+
+@functools.cache
+def segments(schedule: Schedule, num_layers: int, x0_like_others: bool) -> tuple[Segment, ...]:
+    """Split layers ``1 … n`` into runs with identical relative offsets.
+
+    Args:
+      schedule: the block's schedule.
+      num_layers: n.
+      x0_like_others: whether ``x_0`` has the same width as the layer outputs
+        (true for summation). If not, a layer reading ``x_0`` gets a segment of
+        its own, since its input is wider.
+    """
+    result: list[Segment] = []
+    for layer in range(1, num_layers + 1):
+        reads = schedule.inputs(layer)
+        offsets = tuple(layer - i for i in reads)
+        alone = 0 in reads and not x0_like_others
+        last = result[-1] if result else None
+        if (
+            last is not None
+            and not alone
+            and last.offsets == offsets
+            and last.last == layer - 1
+            and not (0 in schedule.inputs(last.first) and not x0_like_others)
+        ):
+            result[-1] = Segment(last.first, layer, offsets)
+        else:
+            result.append(Segment(layer, layer, offsets))
+    return tuple(result)

@@ -1,0 +1,92 @@
+"""The scanned and rematerialised blocks compute what the plain unrolled block computes."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+import sparsenet_jax as sj
+from sparsenet_jax.schedule import Schedule, segments
+
+
+def _eval_train_grad(model, variables, x):
+    def loss(params, stats):
+        out, updates = model.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return jnp.sum(out**2), updates["batch_stats"]
+
+    logits = jax.jit(model.apply)(variables, x)
+    (value, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        variables["params"], variables["batch_stats"]
+    )
+    return logits, value, stats, grads
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("sparsenet-25-6", {}),
+        ("sparsenet-bc-46-6", {}),
+        ("sparsenet-25-6", {"base": 3}),
+        ("resnet-20", {}),
+        ("sparse-resnet-20", {}),
+        ("densenet-13-6", {}),
+    ],
+)
+@pytest.mark.parametrize(
+    "variant", [{"block_impl": "scan"}, {"remat": True}, {"block_impl": "scan", "remat": True}]
+)
+def test_variants_match_the_plain_block(name, overrides, variant):
+    plain = sj.create_model(name, **overrides)
+    other = sj.create_model(name, **overrides, **variant)
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    variables = sj.init_variables(plain, 0)
+    # One parameter layout for every variant: checkpoints and the converter carry over.
+    chex.assert_trees_all_equal_structs(variables, sj.init_variables(other, 0))
+    ref, got = _eval_train_grad(plain, variables, x), _eval_train_grad(other, variables, x)
+    chex.assert_trees_all_close(got[0], ref[0], atol=1e-5, rtol=1e-5)  # eval logits
+    chex.assert_trees_all_close(got[1], ref[1], rtol=1e-5)  # train loss
+    chex.assert_trees_all_close(got[2], ref[2], atol=1e-5, rtol=1e-5)  # new batch stats
+    chex.assert_trees_all_close(got[3], ref[3], atol=1e-4, rtol=1e-4)  # gradients
+
+
+def test_scan_with_dropout_runs_and_differs_by_rng():
+    model = sj.create_model("sparsenet-25-6", block_impl="scan", dropout_rate=0.3)
+    x = jnp.ones((2, 32, 32, 3))
+    variables = sj.init_variables(model, 0)
+    fn = jax.jit(
+        lambda r: model.apply(
+            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": r}
+        )[0]
+    )
+    assert not jnp.allclose(fn(jax.random.key(1)), fn(jax.random.key(2)))
+
+
+def test_segments_cover_layers_with_few_runs():
+    for n in (1, 7, 12, 16, 66):
+        segs = segments(Schedule("sparse"), n, False)
+        covered = [layer for s in segs for layer in range(s.first, s.last + 1)]
+        assert covered == list(range(1, n + 1))
+        assert len(segs) <= 2 * n.bit_length()  # O(log n) runs
+        for s in segs:
+            for layer in range(s.first, s.last + 1):
+                assert tuple(layer - i for i in Schedule("sparse").inputs(layer)) == s.offsets
+    assert [s.length for s in segments(Schedule("sparse"), 12, True)] == [1, 2, 4, 5]
+
+
+def test_scan_graph_is_smaller():
+    """The scanned forward has O(log n) convolutions in its graph instead of one a layer."""
+    x = jnp.ones((1, 32, 32, 3))
+
+    def conv_count(model):
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+        jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x))(variables)
+        return str(jaxpr).count("conv_general_dilated")
+
+    plain = conv_count(sj.create_model("sparsenet-bc-100-12"))
+    scanned = conv_count(sj.create_model("sparsenet-bc-100-12", block_impl="scan"))
+    assert plain == 1 + 2 * 48 + 2  # stem, 2 a unit, transitions
+    assert scanned < plain / 2
