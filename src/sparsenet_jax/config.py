@@ -11,13 +11,23 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from sparsenet_jax.data import DATASETS
-from sparsenet_jax.presets import create_model
+from sparsenet_jax.models import SparseNet
+from sparsenet_jax.presets import LAYOUT_OVERRIDES, create_model
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+# create_model arguments the run sets itself (from the dataset, or --dtype).
+RUN_SET_KWARGS: dict[str, str] = {
+    "num_classes": "set by the dataset",
+    "in_channels": "set by the dataset",
+    "dtype": "use --dtype",
+    "param_dtype": "parameters stay float32",
+}
+SEED_LIMIT = 2**32  # jax.random.key keeps only the low 32 bits of larger seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,9 +150,13 @@ def validate(config: TrainConfig) -> TrainConfig:
             f"choose from {', '.join(DATASETS)}"
         )
     if config.dtype not in DTYPES:
-        raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+        raise ConfigError(
+            f"dtype: must be one of {', '.join(DTYPES)}, got {config.dtype!r}"
+            + _suggest(config.dtype, DTYPES)
+        )
     if not isinstance(config.model_kwargs, dict):
         raise ConfigError(f"model_kwargs: must be a JSON object, got {config.model_kwargs!r}")
+    _check_model_kwargs(config.model_kwargs)
     try:  # builds the (uninitialised) module: checks the name, depth and overrides
         create_model(config.model, **config.model_kwargs)
     except (ValueError, TypeError) as err:
@@ -155,6 +169,11 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name in ("max_steps", "checkpoint_every_steps", "augment_pad", "seed"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name}: must be >= 0, got {getattr(config, name)}")
+    if config.seed >= SEED_LIMIT:
+        raise ConfigError(f"seed: must be < 2**32, got {config.seed}")
+    for name in ("lr", "momentum", "weight_decay", "lr_decay"):
+        if not math.isfinite(getattr(config, name)):
+            raise ConfigError(f"{name}: must be a finite number, got {getattr(config, name)}")
     if config.keep_checkpoints < 1:
         raise ConfigError(f"keep_checkpoints: must be >= 1, got {config.keep_checkpoints}")
     if not config.lr > 0:
@@ -165,15 +184,36 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"weight_decay: must be >= 0, got {config.weight_decay}")
     if not 0 < config.lr_decay <= 1:
         raise ConfigError(f"lr_decay: must be in (0, 1], got {config.lr_decay}")
-    if any(b <= 0 for b in config.lr_boundaries) or list(config.lr_boundaries) != sorted(
-        config.lr_boundaries
-    ):
+    bounds = list(config.lr_boundaries)
+    if not all(0 < b < math.inf for b in bounds) or bounds != sorted(bounds):
         raise ConfigError(
             f"lr_boundaries: must be increasing positive epochs, got {config.lr_boundaries}"
         )
     if not config.workdir:
         raise ConfigError("workdir: must not be empty")
+    if config.num_processes is not None and config.num_processes < 1:
+        raise ConfigError(f"num_processes: must be >= 1, got {config.num_processes}")
+    if config.process_id is not None and not (
+        0 <= config.process_id < (config.num_processes or math.inf)
+    ):
+        raise ConfigError(
+            f"process_id: must be in [0, num_processes={config.num_processes}), "
+            f"got {config.process_id}"
+        )
     return config
+
+
+def _check_model_kwargs(kwargs: dict[str, Any]) -> None:
+    valid = {f.name for f in dataclasses.fields(SparseNet)} - {"parent", "name"}
+    valid = (valid | set(LAYOUT_OVERRIDES)) - set(RUN_SET_KWARGS)
+    for key in kwargs:
+        if key in RUN_SET_KWARGS:
+            raise ConfigError(f"model_kwargs: {key!r} is not allowed ({RUN_SET_KWARGS[key]})")
+        if key not in valid:
+            raise ConfigError(
+                f"model_kwargs: unknown key {key!r}{_suggest(key, sorted(valid))}; "
+                f"valid: {', '.join(sorted(valid))}"
+            )
 
 
 def identity(config: TrainConfig) -> dict[str, Any]:

@@ -13,6 +13,7 @@ without saving the bad state.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -237,28 +239,62 @@ class Checkpoints:
             (workdir / "checkpoints").absolute(),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
+        self.unreadable: set[int] = set()  # skipped by restore_latest
 
     def save(self, state: steps.TrainState, force: bool = False) -> None:
         step = int(state.step)
         if step in self.manager.all_steps():
-            return
-        self.manager.save(step, args=self._ocp.args.StandardSave(state), force=force)
+            if step not in self.unreadable:
+                return
+            # The run has recomputed the state of a broken checkpoint: replace it.
+            self.manager.delete(step)
+            self.unreadable.discard(step)
+        try:  # also raises the error of the previous (asynchronous) save
+            self.manager.save(step, args=self._ocp.args.StandardSave(state), force=force)
+        except Exception as err:
+            raise self._save_failed(err) from err
 
     def restore_latest(self, target: steps.TrainState) -> steps.TrainState | None:
         """The newest checkpoint that restores; broken ones are skipped with a warning."""
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        found = sorted(self.manager.all_steps(), reverse=True)
+        for step in found:
             try:
                 return self.manager.restore(step, args=self._ocp.args.StandardRestore(target))
             except Exception as err:  # a truncated or corrupt checkpoint
+                self.unreadable.add(step)
                 warnings.warn(
                     f"checkpoint {step} in {self.manager.directory} is unreadable "
                     f"({type(err).__name__}: {str(err)[:200]}); trying an older one",
                     stacklevel=2,
                 )
+        if found:
+            # Training from step 0 would silently overwrite them: the user decides.
+            raise TrainingError(
+                f"every checkpoint in {self.manager.directory} is unreadable "
+                f"(steps {', '.join(map(str, sorted(found)))}); move that folder away "
+                "to start again from step 0"
+            )
         return None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:
+            raise self._save_failed(err) from err
+
+    def _save_failed(self, err: Exception) -> TrainingError:
+        """One line for a failed write (full disk, lost mount, …), naming the folder."""
+        folder = pathlib.Path(self.manager.directory)
+        if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
+            reason = "no space left on device"
+        else:
+            reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+        try:
+            done = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+        except OSError:  # the folder itself is gone (a lost mount)
+            done = []
+        kept = f"the last complete checkpoint is step {done[-1]}" if done else "none was completed"
+        return TrainingError(f"could not save a checkpoint in {folder}: {reason} ({kept})")
 
     def close(self) -> None:
         self.manager.close()
@@ -366,9 +402,16 @@ def train_and_evaluate(
         num_classes=info.num_classes,
         **{"in_channels": info.channels, "dtype": dtype, **config.model_kwargs},
     )
-    if config.batch_size % jax.device_count():
+    for name in ("batch_size", "eval_batch_size"):
+        if getattr(config, name) % jax.device_count():
+            raise TrainingError(
+                f"{name} {getattr(config, name)} must be divisible by the "
+                f"{jax.device_count()} devices"
+            )
+    if config.eval_batch_size > info.num_test:  # padding would only waste memory
         raise TrainingError(
-            f"batch_size {config.batch_size} must be divisible by the {jax.device_count()} devices"
+            f"eval_batch_size {config.eval_batch_size} is larger than the "
+            f"{info.num_test} test images"
         )
     steps_per_epoch = info.num_train // config.batch_size
     if steps_per_epoch < 1:
@@ -563,6 +606,41 @@ def setup_distributed(config: TrainConfig) -> None:
     )
 
 
+class _HoldBackgroundErrors:
+    """Hold back errors raised off the main thread while the CLI runs.
+
+    A failed checkpoint write (a full disk) fails in many orbax/tensorstore
+    threads at once, each printing a traceback, and TensorBoard's exit hook
+    fails again; the same error reaches the main thread, which reports it in
+    one line. So: after a good run the held errors are printed as usual; after
+    a failed one they are dropped, and so are those of the interpreter's exit.
+    """
+
+    def __enter__(self) -> _HoldBackgroundErrors:
+        self.held: list[Callable[[], object]] = []
+        self._hooks = (sys.unraisablehook, threading.excepthook)
+        sys.unraisablehook = lambda u: self.held.append(lambda: self._hooks[0](u))
+        threading.excepthook = lambda a: self.held.append(lambda: self._hooks[1](a))
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).addFilter(self._hold)
+        return self
+
+    def _hold(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.held.append(lambda: logging.getLogger(record.name).handle(record))
+        return False
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None:  # the error is reported; stay quiet until exit
+            return
+        sys.unraisablehook, threading.excepthook = self._hooks
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).removeFilter(self._hold)
+        for emit in self.held:
+            emit()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = config_lib.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -570,9 +648,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # "Unable to initialize backend 'tpu'" on every machine without one is noise.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
     try:
-        setup_distributed(config)
-        result = train_and_evaluate(config)
-    except (TrainingError, data_lib.DatasetNotFoundError) as err:
+        with _HoldBackgroundErrors():
+            setup_distributed(config)
+            result = train_and_evaluate(config)
+    except (TrainingError, data_lib.DatasetNotFoundError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
