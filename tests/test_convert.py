@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sparsenet_jax as sj
-from conftest import all_references, load_reference, reference_path
+from conftest import LARGE_REFERENCES, all_references, load_reference, reference_path
 from sparsenet_jax import convert
 
 
@@ -14,7 +14,13 @@ def _state_dict(ref: dict[str, np.ndarray], prefix: str = "sd/") -> dict[str, np
     return {k[len(prefix) :]: v for k, v in ref.items() if k.startswith(prefix)}
 
 
-@pytest.mark.parametrize(("filename", "name", "classes"), all_references())
+@pytest.mark.parametrize(
+    ("filename", "name", "classes"),
+    [
+        pytest.param(*ref, marks=pytest.mark.slow) if ref[0] in LARGE_REFERENCES else ref
+        for ref in all_references()
+    ],
+)
 def test_reference_logits(filename, name, classes):
     ref = load_reference(filename)
     model = sj.create_model(name, num_classes=classes)

@@ -56,7 +56,7 @@ def test_rounded_parameter_counts(name, classes, millions):
 
 
 @pytest.mark.parametrize("name", sj.list_models())
-@pytest.mark.parametrize("classes", [10, 100])
+@pytest.mark.parametrize("classes", [10, pytest.param(100, marks=pytest.mark.slow)])
 def test_every_preset_matches_the_layout_arithmetic(name, classes):
     if name.startswith(("densenet-bc-250", "densenet-bc-190", "resnet-1001", "sparse-resnet-1001")):
         pytest.skip("large: covered by the slow test below")
