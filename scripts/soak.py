@@ -1,25 +1,27 @@
 """Soak test: a long digits run in save/resume cycles, watching the trainer for leaks.
 
-    python scripts/soak.py            # 12 cycles of 150 steps (~80 epochs), ~15 min on 2 cores
+    python scripts/soak.py            # 12 cycles of 150 steps (~80 epochs), ~16 min on 2 cores
     python scripts/soak.py --quick    # 4 cycles of 40 steps, ~3 min (for .ci/run)
 
 Each cycle starts ``python -m sparsenet_jax.train --recipe digits`` on the same
-workdir; odd cycles run to their ``--max-steps``, even ones are stopped by
-SIGTERM (the preemption path: save, exit 0). Every cycle must resume from the
-step the previous one saved. While a cycle trains, the script samples the
-training process's resident memory (``VmRSS``), open file descriptors
-(``/proc/PID/fd``) and threads, and reads the step it is at from
+workdir (the recipe's 20-epoch end lifted, so that ``--max-steps`` decides);
+odd cycles run to their ``--max-steps``, even ones are stopped by SIGTERM (the
+preemption path: save, exit 0). Every cycle must resume from the step the
+previous one saved, and reach its own. While a cycle trains, the script
+samples the training process's resident memory (``VmRSS``), open file
+descriptors (``/proc/PID/fd``) and threads, and reads the step it is at from
 ``metrics.jsonl``.
 
 Leak check, per cycle, after warm-up (compilation, the first checkpoint and
 the first evaluation): the median of the last third of the samples may exceed
-the median of the first third by at most the tolerance (RSS swings by ~100 MB
-between evaluations and saves; medians over a hundred samples do not). Across
-cycles, no cycle's late level may exceed cycle 1's by more than the cross-cycle
-tolerance: the resume path must not make later processes bigger. (Cycle 0
-compiles, later cycles load the programs from a cache, so cycle 1 is the
-baseline; separate processes settle up to ~80 MB apart.) Prints a table; exits
-1 on growth or on a failed cycle, 0 otherwise.
+the median of the first third by at most the tolerance, 48 MB (RSS swings by
+~100 MB between evaluations and saves; medians over a hundred samples move by
+up to ~30 MB between thirds in a healthy run). Across cycles, no cycle's late
+level may exceed cycle 1's by more than the cross-cycle tolerance: the resume
+path must not make later processes bigger. (Cycle 0 compiles, later cycles
+load the programs from a cache, so cycle 1 is the baseline; separate
+processes settle up to ~80 MB apart.) Prints a table; exits 1 on growth or on
+a failed cycle, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -97,18 +99,22 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.metrics, self.every_s = pid, metrics, every_s
         self.samples: list[Sample] = []
+        self.error: BaseException | None = None
         self.stop = threading.Event()
         self.start_time = time.time()
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            reading = read_proc(self.pid)
-            if reading is None:
-                return
-            rss, fds, threads = reading
-            step = last_step(self.metrics)
-            self.samples.append(Sample(time.time() - self.start_time, step, rss, fds, threads))
-            self.stop.wait(self.every_s)
+        try:
+            while not self.stop.is_set():
+                reading = read_proc(self.pid)
+                if reading is None:
+                    return
+                rss, fds, threads = reading
+                step = last_step(self.metrics)
+                self.samples.append(Sample(time.time() - self.start_time, step, rss, fds, threads))
+                self.stop.wait(self.every_s)
+        except BaseException as err:  # reported by run_cycle, not lost with the thread
+            self.error = err
 
 
 def levels(samples: list[Sample]) -> tuple[dict[str, float], dict[str, float]]:
@@ -136,6 +142,9 @@ def run_cycle(
         str(workdir),
         "--max-steps",
         str(args.total_steps if sigterm else target),
+        # The recipe's 20 epochs end at step 460; --max-steps decides instead.
+        "--epochs",
+        "100000",
         "--checkpoint-every-steps",
         str(args.checkpoint_every),
         "--log-every-steps",
@@ -166,13 +175,18 @@ def run_cycle(
     if sigterm:
         stopped = text.split("SIGTERM: saved checkpoint at step ")[1].split()[0]
         end = int(stopped)
-    else:
+    elif f"step {target}," in text:
         end = target
+    else:
+        raise SystemExit(f"cycle {index} did not reach step {target}; see {log_path}")
     # Warm-up: until the first checkpoint after the first logged step and the first eval.
     warm_from = start + max(args.checkpoint_every, args.steps // 4)
     steady = [s for s in sampler.samples if s.step >= warm_from]
-    if len(steady) < 6:
-        raise SystemExit(f"cycle {index}: only {len(steady)} samples after warm-up; raise --steps")
+    if sampler.error is not None or len(steady) < 6:
+        raise SystemExit(
+            f"cycle {index}: {len(steady)} of {len(sampler.samples)} samples after warm-up "
+            f"(sampler error: {sampler.error!r}); raise --steps"
+        )
     warm, late = levels(steady)
     ending = "SIGTERM" if sigterm else "max-steps"
     return Cycle(index, ending, start, end, time.time() - began, sampler.samples, warm, late)
@@ -227,7 +241,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, help="default 10; quick 4")
     parser.add_argument("--model", help="default: the digits recipe's")
     parser.add_argument("--sample-every", type=float, default=0.25, help="seconds")
-    parser.add_argument("--rss-tolerance-mb", type=float, default=32.0, help="within a cycle")
+    parser.add_argument("--rss-tolerance-mb", type=float, default=48.0, help="within a cycle")
     parser.add_argument("--cross-rss-tolerance-mb", type=float, default=128.0, help="vs cycle 1")
     parser.add_argument("--fd-tolerance", type=int, default=4)
     parser.add_argument("--workdir", help="default: a fresh temporary folder, removed after")
