@@ -414,18 +414,10 @@ def test_eval_batch_larger_than_the_test_set(tmp_path, cache_dir):
         ({"compression": float("nan")}, ValueError, "compression must be in (0, 1], got nan"),
         ({"block_impl": "fast"}, ValueError, "block_impl must be one of"),
         ({"growthrate": 3}, TypeError, "unknown override(s) ['growthrate']"),
-        pytest.param(
-            {"dropout_rate": "0.5"},
-            TypeError,
-            "dropout_rate",
-            marks=pytest.mark.xfail(reason="models.validate_config compares before type-checking"),
-        ),
-        pytest.param(
-            {"dtype": "nope"},
-            (TypeError, ValueError),
-            "dtype",
-            marks=pytest.mark.xfail(reason="models.validate_config does not check dtype"),
-        ),
+        ({"dropout_rate": "0.5"}, TypeError, "dropout_rate must be a number, got '0.5'"),
+        ({"dtype": "nope"}, TypeError, "dtype must be a floating dtype, got 'nope'"),
+        ({"dtype": "int32"}, TypeError, "dtype must be a floating dtype, got 'int32'"),
+        ({"remat": "yes"}, TypeError, "remat must be True or False, got 'yes'"),
     ],
 )
 def test_create_model_names_the_bad_value(kwargs, error, names):

@@ -212,6 +212,21 @@ def validate_config(model: SparseNet) -> None:
         not _is_int(model.stem_channels) or model.stem_channels < 1
     ):
         raise ValueError(f"stem_channels must be a positive integer, got {model.stem_channels!r}")
+    for name in ("compression", "dropout_rate"):
+        value = getattr(model, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+    if not isinstance(model.remat, bool):
+        raise TypeError(f"remat must be True or False, got {model.remat!r}")
+    for name in ("dtype", "param_dtype"):
+        try:
+            dtype = jnp.dtype(getattr(model, name))
+        except TypeError:
+            raise TypeError(
+                f"{name} must be a floating dtype, got {getattr(model, name)!r}"
+            ) from None
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{name} must be a floating dtype, got {getattr(model, name)!r}")
     if not 0.0 < model.compression <= 1.0:
         raise ValueError(f"compression must be in (0, 1], got {model.compression}")
     if not 0.0 <= model.dropout_rate < 1.0:
