@@ -498,13 +498,8 @@ def train_and_evaluate(
                     window_start = time.time()
                 t_pause = time.time()
                 save_now = step % checkpoint_every == 0 or step == total_steps
-                if (
-                    end_of_epoch
-                    and (
-                        (step // steps_per_epoch) % config.eval_every_epochs == 0
-                        or step == total_steps
-                    )
-                ) or step == total_steps:
+                eval_epoch = (step // steps_per_epoch) % config.eval_every_epochs == 0
+                if step == total_steps or (end_of_epoch and eval_epoch):
                     last_test = evaluate(eval_step, state, config, splits, mesh)
                     test_record = {
                         "split": "test",
