@@ -53,7 +53,7 @@ DEFAULT_PRESETS = (
     "resnet-110",
     "sparse-resnet-110",
 )
-DEFAULT_SWEEP_SPARSE = ("sparsenet-bc-100-12", "sparsenet-bc-200-12", "sparsenet-bc-400-12")
+DEFAULT_SWEEP_SPARSE = ("sparsenet-bc-100-12", "sparsenet-bc-202-12", "sparsenet-bc-400-12")
 DEFAULT_SWEEP_DENSE = ("densenet-bc-100-12", "densenet-bc-190-12", "densenet-bc-250-12")
 QUICK_PRESETS = ("sparsenet-40-24", "densenet-40-12")
 QUICK_SWEEP_SPARSE = ("sparsenet-bc-52-12", "sparsenet-bc-100-12")
@@ -155,10 +155,9 @@ def background_cores(interval: float = 2.0) -> float:
 
     Call it from an idle process (the parent between measurements).
     """
-    busy0, own0 = cpu_seconds()
-    time.sleep(interval)
-    busy1, own1 = cpu_seconds()
-    return max(0.0, (busy1 - busy0) - (own1 - own0)) / interval
+    with BusyMeter() as meter:
+        time.sleep(interval)
+    return meter.cores
 
 
 def wait_for_idle(max_wait_s: float, threshold: float = 0.25) -> float:
@@ -168,15 +167,22 @@ def wait_for_idle(max_wait_s: float, threshold: float = 0.25) -> float:
     runs several times slower, which would make any comparison meaningless.
     Returns the last background load measured.
     """
-    deadline = time.monotonic() + max_wait_s
-    load = background_cores()
-    while load > threshold and time.monotonic() < deadline:
-        log(f"  waiting: other processes use {load:.2f} cores")
-        time.sleep(8.0)
-        load = background_cores()
-    if load > threshold:
-        log(f"  WARNING: measuring with {load:.2f} cores busy elsewhere")
-    return load
+    start = time.monotonic()
+    last_log = start
+    while True:
+        # Back-to-back 1 s samples: short quiet gaps between other jobs are caught.
+        load = background_cores(1.0)
+        now = time.monotonic()
+        if load <= threshold:
+            if now - start > 5:
+                log(f"  quiet after {now - start:.0f} s of waiting")
+            return load
+        if now - start >= max_wait_s:
+            log(f"  WARNING: measuring with {load:.2f} cores busy elsewhere")
+            return load
+        if now - last_log >= 60:
+            log(f"  waiting for a quiet machine: other processes use {load:.2f} cores")
+            last_log = now
 
 
 def peak_rss_mib() -> float:
@@ -187,33 +193,65 @@ def peak_rss_mib() -> float:
 # --------------------------------------------------------------------------- timing
 
 
+class BusyMeter:
+    """Cores' worth of CPU other processes used while the ``with`` body ran.
+
+    Machine busy time (``/proc/stat``) minus this process's own CPU time (all
+    its threads), divided by the wall time. Near 0 on a quiet machine.
+    """
+
+    def __enter__(self) -> BusyMeter:
+        self.busy0, self.own0 = cpu_seconds()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+        busy1, own1 = cpu_seconds()
+        other = (busy1 - self.busy0) - (own1 - self.own0)
+        self.cores = max(0.0, other) / max(self.seconds, 1e-9)
+
+
 def time_repeats(
-    run: Callable[[], Any], warmup: int, repeats: int, steps: int
-) -> dict[str, float | list[float]]:
-    """Seconds per call: ``warmup`` calls, then ``repeats`` × ``steps`` calls.
+    run: Callable[[], Any],
+    warmup: int,
+    repeats: int,
+    steps: int,
+    max_background: float | None = None,
+    max_wait_s: float = 0.0,
+) -> dict[str, Any]:
+    """Seconds per call: ``warmup`` calls, then ``repeats`` timed runs of ``steps`` calls.
 
     ``run`` must block until its work is done (``block_until_ready`` for JAX).
-    Returns the median and every repeat's mean seconds per call, and the
-    cores' worth of CPU that other processes used meanwhile (machine busy
-    time minus this process's CPU time, over the timed window).
+    With ``max_background``, a repeat during which other processes used more
+    than that many cores is discarded and re-run once the machine is quiet
+    again (for up to ``max_wait_s`` seconds; after that every repeat counts).
+    Returns the median of the kept repeats, every kept repeat, the worst
+    background load among them and how many repeats were discarded.
     """
     for _ in range(warmup):
         run()
-    per_call = []
-    busy0, own0 = cpu_seconds()
-    window = time.perf_counter()
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            run()
-        per_call.append((time.perf_counter() - start) / steps)
-    window = time.perf_counter() - window
-    busy1, own1 = cpu_seconds()
-    background = max(0.0, (busy1 - busy0) - (own1 - own0)) / window
+    kept: list[float] = []
+    loads: list[float] = []
+    discarded = 0
+    deadline = time.monotonic() + max_wait_s
+    while len(kept) < repeats:
+        with BusyMeter() as meter:
+            for _ in range(steps):
+                run()
+        contaminated = max_background is not None and meter.cores > max_background
+        if contaminated and time.monotonic() < deadline:
+            discarded += 1
+            log(f"    re-timing a disturbed repeat ({meter.cores:.2f} cores busy elsewhere)")
+            wait_for_idle(deadline - time.monotonic(), max_background or 0.0)
+            continue
+        kept.append(meter.seconds / steps)
+        loads.append(meter.cores)
     return {
-        "median_s": statistics.median(per_call),
-        "repeats_s": per_call,
-        "background_cores": background,
+        "median_s": statistics.median(kept),
+        "repeats_s": kept,
+        "background_cores": max(loads),
+        "discarded_repeats": discarded,
     }
 
 
@@ -224,6 +262,7 @@ def timing_fields(kind: str, timing: dict[str, Any], batch: int) -> dict[str, An
         f"{kind}_repeats_s": timing["repeats_s"],
         f"{kind}_images_per_s": batch / timing["median_s"],
         f"{kind}_background_cores": timing["background_cores"],
+        f"{kind}_discarded_repeats": timing["discarded_repeats"],
     }
 
 
@@ -234,8 +273,13 @@ def _setup_jax() -> None:
     jax.config.update("jax_enable_compilation_cache", False)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
-    """Float32 matmul FLOP/s of XLA on this machine: best of ``repeats`` n×n×n products."""
+def matmul_peak(
+    n: int = 2048,
+    repeats: int = 10,
+    max_background: float | None = None,
+    max_wait_s: float = 0.0,
+) -> dict[str, Any]:
+    """Float32 matmul FLOP/s of XLA on this machine: the best of ``repeats`` n×n×n products."""
     import jax
     import jax.numpy as jnp
 
@@ -244,21 +288,18 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
     a = jax.random.normal(key_a, (n, n), jnp.float32)
     b = jax.random.normal(key_b, (n, n), jnp.float32)
     matmul = jax.jit(lambda x, y: x @ y)
-    matmul(a, b).block_until_ready()  # compile and warm up
-    best = float("inf")
-    busy0, own0 = cpu_seconds()
-    window = time.perf_counter()
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    window = time.perf_counter() - window
-    busy1, own1 = cpu_seconds()
+    # Three products a sample: long enough for /proc/stat's 10 ms ticks to see contention.
+    timing = time_repeats(
+        lambda: matmul(a, b).block_until_ready(), 2, repeats, 3, max_background, max_wait_s
+    )
+    best = min(timing["repeats_s"])
     return {
         "n": n,
         "best_s": best,
         "gflops": 2 * n**3 / best / 1e9,
-        "background_cores": max(0.0, (busy1 - busy0) - (own1 - own0)) / window,
+        "median_gflops": 2 * n**3 / timing["median_s"] / 1e9,
+        "background_cores": timing["background_cores"],
+        "discarded_repeats": timing["discarded_repeats"],
     }
 
 
@@ -315,8 +356,13 @@ def bench_jax(
     warmup: int = 2,
     model_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
+    max_background: float | None = None,
+    max_wait_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Measure our train and eval steps for one preset (see the module docstring)."""
+    """Measure our train and eval steps for one preset (see the module docstring).
+
+    ``max_background`` and ``max_wait_s`` are passed to :func:`time_repeats`.
+    """
     import jax
 
     import sparsenet_jax as sj
@@ -335,12 +381,12 @@ def bench_jax(
     data = steps.global_batch({"image": images, "label": labels}, mesh)
 
     train_jit = steps.jit_train_step(steps.make_train_step(model, tx), mesh)
-    start = time.perf_counter()
-    lowered = train_jit.lower(state, data)
-    result["train_lower_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    train = lowered.compile()
-    result["train_compile_s"] = time.perf_counter() - start
+    with BusyMeter() as lowering:
+        lowered = train_jit.lower(state, data)
+    with BusyMeter() as compiling:
+        train = lowered.compile()
+    result["train_lower_s"], result["train_compile_s"] = lowering.seconds, compiling.seconds
+    result["train_compile_background_cores"] = compiling.cores
     result["train_flops"] = _flops(train)
     result.update({f"train_{k}": v for k, v in _memory(train).items()})
 
@@ -360,14 +406,11 @@ def bench_jax(
     def eval_once() -> None:
         jax.block_until_ready(evaluate(holder["state"], data))
 
+    timing = (warmup, repeats, steps_per_repeat, max_background, max_wait_s)
     log(f"  jax {name}: compiled in {result['train_compile_s']:.1f} s; timing train")
-    result.update(
-        timing_fields("train", time_repeats(train_once, warmup, repeats, steps_per_repeat), batch)
-    )
+    result.update(timing_fields("train", time_repeats(train_once, *timing), batch))
     log(f"  jax {name}: timing eval")
-    result.update(
-        timing_fields("eval", time_repeats(eval_once, warmup, repeats, steps_per_repeat), batch)
-    )
+    result.update(timing_fields("eval", time_repeats(eval_once, *timing), batch))
     for kind in ("train", "eval"):
         flops = result[f"{kind}_flops"]
         result[f"{kind}_gflops_per_s"] = (
@@ -404,12 +447,11 @@ def compile_point(
     model, tx, mesh, steps = _make_steps(name, model_kwargs or {})
     state, data = abstract_train_inputs(model, tx, mesh, steps, batch)
     train_jit = steps.jit_train_step(steps.make_train_step(model, tx), mesh)
-    start = time.perf_counter()
-    lowered = train_jit.lower(state, data)
-    lower_s = time.perf_counter() - start
-    start = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
+    with BusyMeter() as lowering:
+        lowered = train_jit.lower(state, data)
+    with BusyMeter() as compiling:
+        compiled = lowered.compile()
+    lower_s, compile_s = lowering.seconds, compiling.seconds
     return {
         "preset": name,
         "schedule": model.schedule.kind,
@@ -420,6 +462,8 @@ def compile_point(
         "total_s": lower_s + compile_s,
         "train_flops": _flops(compiled),
         "peak_rss_mib": peak_rss_mib(),
+        # Other processes' load while lowering and compiling (cores; 0 = undisturbed).
+        "background_cores": max(lowering.cores, compiling.cores),
     }
 
 
@@ -435,6 +479,8 @@ def bench_torch(
     model_kwargs: dict[str, Any] | None = None,
     threads: int | None = None,
     seed: int = 0,
+    max_background: float | None = None,
+    max_wait_s: float = 0.0,
 ) -> dict[str, Any]:
     """Train and eval images/s of the PyTorch eager peer of one preset."""
     import torch
@@ -473,14 +519,11 @@ def bench_torch(
     with FlopCounterMode(display=False) as counter:
         train_once()
     result["torch_counted_train_flops"] = counter.get_total_flops()
+    timing = (warmup, repeats, steps_per_repeat, max_background, max_wait_s)
     log(f"  torch {name}: timing train ({threads} threads)")
-    result.update(
-        timing_fields("train", time_repeats(train_once, warmup, repeats, steps_per_repeat), batch)
-    )
+    result.update(timing_fields("train", time_repeats(train_once, *timing), batch))
     log(f"  torch {name}: timing eval")
-    result.update(
-        timing_fields("eval", time_repeats(eval_once, warmup, repeats, steps_per_repeat), batch)
-    )
+    result.update(timing_fields("eval", time_repeats(eval_once, *timing), batch))
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 
@@ -516,6 +559,17 @@ def _max_background(*measurements: dict[str, Any]) -> float | None:
         if f"{kind}_background_cores" in m
     ]
     return max(values) if values else None
+
+
+def _compile_total(row: dict[str, Any]) -> float | None:
+    """Lower + compile seconds: the dedicated fresh-process measurement if there is one."""
+    point = row.get("compile") or {}
+    if "total_s" in point:
+        return point["total_s"]
+    ours = row.get("jax") or {}
+    if "train_lower_s" in ours:
+        return ours["train_lower_s"] + ours["train_compile_s"]
+    return None
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -594,7 +648,7 @@ def to_markdown(results: dict[str, Any]) -> str:
                     _fmt(ours["params"]),
                     _fmt(flops / 1e9 if flops else None),
                     _fmt(counted / 1e9 if counted else None),
-                    _fmt(ours["train_lower_s"] + ours["train_compile_s"]),
+                    _fmt(_compile_total(row)),
                     _fmt(ours["train_images_per_s"]),
                     _fmt(ours["eval_images_per_s"]),
                     _fmt(gflops),
@@ -671,14 +725,16 @@ def to_markdown(results: dict[str, Any]) -> str:
         "donated state is counted in both arguments and outputs). *GFLOP/train step (torch "
         "counter)* is PyTorch's FlopCounterMode on one peer step: convolutions and matmuls "
         "only, an independent check of XLA's count. *lower + compile* = tracing + lowering "
-        "+ XLA compilation of the train step. *train GFLOP/s* = XLA FLOPs ÷ median step "
+        "+ XLA compilation of the train step, in a fresh process with abstract inputs "
+        "(as in the sweep), compiled again when other processes disturbed it. *train GFLOP/s* = XLA FLOPs ÷ median step "
         "time; *% of matmul peak* compares it with the matmul above. *peak RSS* = the "
         "measuring process's high-water mark (a fresh process per preset and per framework, "
         "so it includes initialisation, compilation and timing). *peer* = PyTorch eager "
         "(`benchmarks/torch_peer.py`): SGD Nesterov step / `inference_mode` forward. *busy "
         "elsewhere* = the most CPU that other processes used during any timed window of "
-        "the row (machine busy time − the measuring process's own CPU time); near 0 on a "
-        "quiet machine, and numbers from a busy one are not comparable.",
+        "the row's kept repeats (machine busy time − the measuring process's own CPU "
+        "time); repeats above the run's threshold were discarded and timed again, so it "
+        "stays near 0 unless the wait for a quiet machine ran out.",
         "",
     ]
     return "\n".join(lines)
@@ -704,11 +760,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-dense", nargs="*", help="presets of the dense compile sweep")
     p.add_argument("--no-sweep", action="store_true", help="skip the compile-time sweep")
     p.add_argument(
+        "--max-background",
+        type=float,
+        default=0.25,
+        help="cores other processes may use during a timed window before it is discarded "
+        "and re-timed (default 0.25)",
+    )
+    p.add_argument(
         "--wait-idle",
         type=float,
-        default=300.0,
-        help="before each measurement wait up to this many seconds for other processes "
-        "to leave the CPU (default 300; 0 = measure at once)",
+        default=1800.0,
+        help="per measurement, wait up to this many seconds in all for a quiet machine "
+        "(default 1800; 0 = measure at once and only record the load)",
+    )
+    p.add_argument(
+        "--compile-attempts",
+        type=int,
+        default=3,
+        help="compile a disturbed compile-time point again, up to this many times",
     )
     p.add_argument("--out-dir", type=pathlib.Path, default=HERE / "results")
     p.add_argument("--tag", default="", help="suffix of the result file names")
@@ -730,14 +799,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_names(names: Sequence[str], model_kwargs: dict[str, Any]) -> None:
+    """Fail before a long run, not in its middle, on a name or kwarg create_model rejects."""
+    import sparsenet_jax as sj
+
+    for name in names:
+        sj.create_model(name, num_classes=NUM_CLASSES, **model_kwargs)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the suite and write the result files; returns the results."""
     args = parse_args(argv)
+    check_names([*args.presets, *args.sweep_sparse, *args.sweep_dense], args.model_kwargs)
     isolated = (lambda fn, *a, **k: fn(*a, **k)) if args.in_process else run_isolated
+    quiet = {"max_background": args.max_background, "max_wait_s": args.wait_idle}
 
     def call(fn: Callable[..., dict[str, Any]], *a: Any, **k: Any) -> dict[str, Any]:
-        load = wait_for_idle(args.wait_idle) if args.wait_idle > 0 else background_cores(1.0)
+        # Start on a quiet machine; the measurement itself re-times disturbed repeats.
+        if args.wait_idle > 0:
+            load = wait_for_idle(args.wait_idle, args.max_background)
+        else:
+            load = background_cores(1.0)
         return {**isolated(fn, *a, **k), "background_cores_before": load}
+
+    def compile_clean(name: str) -> dict[str, Any]:
+        # A compile cannot be re-timed in the same process (tracing caches warm up):
+        # compile again in a fresh one when other processes disturbed it.
+        best: dict[str, Any] = {}
+        for attempt in range(1, max(1, args.compile_attempts) + 1):
+            point = call(compile_point, name, args.batch, args.model_kwargs)
+            if "error" in point:
+                return point
+            if not best or point["background_cores"] < best["background_cores"]:
+                best = {**point, "attempts": attempt}
+            if point["background_cores"] <= args.max_background:
+                break
+            log(f"  disturbed ({point['background_cores']:.2f} cores elsewhere); compiling again")
+        log(f"  {best['lower_s']:.1f} s lower + {best['compile_s']:.1f} s compile")
+        return best
 
     info = machine_info()
     torch_ok = versions()["torch"] is not None
@@ -755,6 +854,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "peak_repeats": args.peak_repeats,
             "model_kwargs": args.model_kwargs,
             "quick": args.quick,
+            "max_background_cores": args.max_background,
             "wait_idle_s": args.wait_idle,
         },
         "presets": [],
@@ -762,20 +862,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     log(f"machine: {info['cpu']}, {info['cores']} cores; presets: {', '.join(args.presets)}")
     log("matmul peak")
-    results["matmul_peak"] = call(matmul_peak, 2048, args.peak_repeats)
+    results["matmul_peak"] = call(matmul_peak, 2048, args.peak_repeats, **quiet)
     log(f"  {results['matmul_peak'].get('gflops', float('nan')):.1f} GFLOP/s")
     timing = {"repeats": args.repeats, "steps_per_repeat": args.steps, "warmup": args.warmup}
+    timing.update(quiet)
+    total = len(args.presets)
     for i, name in enumerate(args.presets, start=1):
-        log(f"[{i}/{len(args.presets)}] {name}: jax")
+        log(f"[{i}/{total}] {name}: jax compile time")
+        row: dict[str, Any] = {"preset": name, "compile": compile_clean(name), "torch": None}
+        log(f"[{i}/{total}] {name}: jax steps")
         ours = call(bench_jax, name, args.batch, model_kwargs=args.model_kwargs, **timing)
+        row["jax"] = ours
         if "error" not in ours:
             log(
                 f"  jax {name}: {ours['train_images_per_s']:.1f} train img/s, "
                 f"{ours['eval_images_per_s']:.1f} eval img/s"
             )
-        row: dict[str, Any] = {"preset": name, "jax": ours, "torch": None}
         if torch_ok and not args.no_peer:
-            log(f"[{i}/{len(args.presets)}] {name}: torch peer")
+            log(f"[{i}/{total}] {name}: torch peer")
             peer = call(bench_torch, name, args.batch, model_kwargs=args.model_kwargs, **timing)
             row["torch"] = peer
             if "error" not in peer:
@@ -789,10 +893,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sweep = [*args.sweep_sparse, *args.sweep_dense]
     for i, name in enumerate(sweep, start=1):
         log(f"[sweep {i}/{len(sweep)}] {name}: compile train step")
-        point = call(compile_point, name, args.batch, args.model_kwargs)
-        if "error" not in point:
-            log(f"  {point['lower_s']:.1f} s lower + {point['compile_s']:.1f} s compile")
-        results["compile_sweep"].append({"preset": name, **point})
+        results["compile_sweep"].append({"preset": name, **compile_clean(name)})
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{results['date'][:10]}-{machine_slug(info)}"
