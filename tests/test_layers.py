@@ -37,7 +37,12 @@ def _eval_train_grad(model, variables, x):
     ],
 )
 @pytest.mark.parametrize(
-    "variant", [{"block_impl": "scan"}, {"remat": True}, {"block_impl": "scan", "remat": True}]
+    "variant",
+    [
+        {"block_impl": "scan"},
+        {"remat": True},
+        {"block_impl": "scan", "remat": True},
+    ],
 )
 def test_variants_match_the_plain_block(name, overrides, variant):
     plain = sj.create_model(name, **overrides)
@@ -86,9 +91,51 @@ def test_scan_graph_is_smaller():
         jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x))(variables)
         return str(jaxpr).count("conv_general_dilated")
 
-    plain = conv_count(sj.create_model("sparsenet-bc-400-12"))
-    scanned = conv_count(sj.create_model("sparsenet-bc-400-12", block_impl="scan"))
+    # nn.Conv for the 1×1 convolutions too, so that every unit has two convolution ops.
+    plain = conv_count(sj.create_model("sparsenet-bc-400-12", pointwise_as_dot=False))
+    scanned = conv_count(
+        sj.create_model("sparsenet-bc-400-12", block_impl="scan", pointwise_as_dot=False)
+    )
     runs = len(segments(Schedule("sparse"), 66, False))
     assert runs == 13
     assert plain == 1 + 2 * 3 * 66 + 2  # stem, 2 convs a unit, transitions
     assert scanned == 1 + 2 * 3 * runs + 2  # one unit body a run
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("sparsenet-bc-46-6", {}),
+        ("sparse-resnet-164", {"block_sizes": (2, 2, 2)}),  # bottleneck units: 2 of 3 are 1×1
+        ("densenet-13-6", {}),  # 1×1 only in the transitions
+    ],
+)
+def test_pointwise_as_dot_matches_nn_conv(name, overrides):
+    """1×1 convolutions as matmuls: the same numbers as nn.Conv, and really no 1×1 conv ops.
+
+    Compared in float64: a different summation order is the only difference,
+    and float32 noise through a deep train-mode BatchNorm stack reaches ~2% of
+    a gradient leaf at batch 4, which would hide a real error.
+    """
+    with jax.enable_x64(True):
+        kwargs = {"dtype": jnp.float64, "param_dtype": jnp.float64, **overrides}
+        as_dot = sj.create_model(name, **kwargs)
+        as_conv = sj.create_model(name, pointwise_as_dot=False, **kwargs)
+        x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3), jnp.float64)
+        variables = sj.init_variables(as_conv, 0)
+        chex.assert_trees_all_equal_structs(variables, sj.init_variables(as_dot, 0))
+        chex.assert_trees_all_close(variables, sj.init_variables(as_dot, 0))  # same init
+        ref, got = _eval_train_grad(as_conv, variables, x), _eval_train_grad(as_dot, variables, x)
+        chex.assert_trees_all_close(got, ref, atol=1e-9, rtol=1e-9)
+
+        def ops(model):
+            return str(jax.make_jaxpr(lambda v: model.apply(v, x))(variables))
+
+        one_by_one = sum(
+            1
+            for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+            if leaf.shape[:2] == (1, 1)
+        )
+        assert one_by_one > 0
+        count = ops(as_conv).count("conv_general_dilated")
+        assert ops(as_dot).count("conv_general_dilated") == count - one_by_one

@@ -29,10 +29,57 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 ModuleDef = Any
 
 
-def make_conv(dtype: Any, param_dtype: Any) -> Callable[..., nn.Conv]:
-    return functools.partial(
+class PointwiseConv(nn.Module):
+    """A 1×1, stride-1 convolution written as one matmul over the channel axis.
+
+    Same parameter (``kernel``, shape ``(1, 1, in, out)``), initialiser and
+    result as ``nn.Conv(features, (1, 1), use_bias=False)``; only the HLO
+    differs: a ``dot_general`` instead of a ``convolution``. XLA:CPU runs
+    the gradient of a 1×1 convolution through its generic convolution
+    kernels, several times slower than the matmul it is (see
+    ``benchmarks/RESULTS.md``); GPU and TPU compile both to the same GEMM.
+    """
+
+    features: int
+    kernel_init: Callable[..., Any] = conv_init
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype
+        )
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def make_conv(
+    dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True
+) -> Callable[..., nn.Module]:
+    """A conv factory, ``conv(features, kernel_size, **kwargs)``, for the units.
+
+    With ``pointwise_as_dot``, 1×1 stride-1 unpadded convolutions are built as
+    :class:`PointwiseConv` (a matmul); everything else is ``nn.Conv``.
+    """
+    conv = functools.partial(
         nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype
     )
+
+    def build(features: int, kernel_size: Sequence[int], **kwargs: Any) -> nn.Module:
+        plain_1x1 = (
+            tuple(kernel_size) == (1, 1)
+            and set(kwargs) <= {"name", "strides", "padding"}
+            and kwargs.get("strides", 1) in (1, (1, 1))
+            and kwargs.get("padding", 0) in (0, "VALID", "SAME")
+        )
+        if pointwise_as_dot and plain_1x1:
+            return PointwiseConv(
+                features, dtype=dtype, param_dtype=param_dtype, name=kwargs.get("name")
+            )
+        return conv(features, kernel_size, **kwargs)
+
+    return build
 
 
 def make_norm(train: bool, dtype: Any, param_dtype: Any) -> Callable[..., nn.BatchNorm]:
