@@ -384,6 +384,14 @@ def test_bad_flag_through_the_real_cli(tmp_path, args, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_distributed_without_a_coordinator_says_what_to_pass(tmp_path, monkeypatch):
+    # Nothing here tells JAX where the coordinator is (no TPU pod, SLURM or MPI).
+    for var in [v for v in os.environ if v.startswith(("SLURM_", "OMPI_", "PMI_"))]:
+        monkeypatch.delenv(var)
+    result = run_train(tmp_path / "run", "--distributed", "true", timeout=120)
+    assert_one_clear_error(result, 1, "--distributed", "--coordinator-address HOST:PORT")
+
+
 def test_eval_batch_larger_than_the_test_set(tmp_path, cache_dir):
     # Before the fix a padded 100,000-image eval batch ended in std::bad_alloc (status 134).
     result = run_train(tmp_path / "run", "--eval-batch-size", "100000", cache_dir=cache_dir)

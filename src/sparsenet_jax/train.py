@@ -594,11 +594,21 @@ def setup_distributed(config: TrainConfig) -> None:
         return
     if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or config.coordinator_address:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=config.coordinator_address,
-        num_processes=config.num_processes,
-        process_id=config.process_id,
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+        )
+    except (ValueError, RuntimeError) as err:
+        # Outside a TPU pod slice or a SLURM / Open MPI job nothing says where
+        # the coordinator is: say what to pass instead of a traceback.
+        raise TrainingError(
+            f"--distributed: could not join the multi-host run ({err}). On a TPU pod "
+            "slice or under SLURM / Open MPI the coordinator is found automatically; "
+            "elsewhere pass --coordinator-address HOST:PORT --num-processes N "
+            "--process-id I on every host"
+        ) from err
 
 
 class _HoldBackgroundErrors:
