@@ -162,3 +162,41 @@ def test_parse_args_quick_and_kwargs() -> None:
     assert args.presets == list(run.QUICK_PRESETS) and args.repeats == 2
     assert args.model_kwargs == {"dropout_rate": 0.0}
     assert run.parse_args(["--no-sweep"]).sweep_sparse == []
+
+
+@pytest.mark.parametrize("with_torch", [False, True], ids=["xla", "xla-and-torch"])
+def test_conv_kernels_measures_every_product(tmp_path, with_torch: bool) -> None:
+    if with_torch:
+        pytest.importorskip("torch")
+    kernels = _load("conv_kernels")
+    out = tmp_path / "rows.json"
+    argv = ["--batch", "2", "--size", "8", "--repeats", "1", "--json", str(out)]
+    rows = kernels.main(argv + ([] if with_torch else ["--no-torch"]))
+    assert json.loads(out.read_text()) == rows
+    assert [(r["kernel"], r["cin"], r["cout"]) for r in rows] == list(kernels.DEFAULT_SHAPES)
+    for row in rows:
+        products = ["xla conv fwd", "xla conv dx", "xla conv dw"]
+        products += ["xla matmul fwd", "xla matmul dx", "xla matmul dw"] * (row["kernel"] == 1)
+        products += ["torch fwd", "torch dx", "torch dw"] * with_torch
+        assert sorted(k for k in row if k not in ("kernel", "cin", "cout")) == sorted(products)
+        assert all(np.isfinite(row[p]) and row[p] > 0 for p in products)
+
+
+@pytest.mark.slow
+def test_ablation_times_variants_round_robin(tmp_path) -> None:
+    ablation = _load("ablation")
+    out = tmp_path / "ablation.json"
+    variants = ["sparsenet-13-6", "{}", '{"pointwise_as_dot": false}', "--vs", "densenet-13-6"]
+    result = ablation.main([*variants, "--batch", "2", "--rounds", "2", "--json", str(out)])
+    rows = result["rows"]
+    assert [(r["preset"], r["kwargs"]) for r in rows] == [
+        ("sparsenet-13-6", {}),
+        ("sparsenet-13-6", {"pointwise_as_dot": False}),
+        ("densenet-13-6", {}),
+    ]
+    assert json.loads(out.read_text())["rows"] == rows
+    assert rows[0]["time_vs_baseline"] == 1.0
+    for row in rows:
+        assert row["step_s"] > 0 and row["temp_mib"] > 0 and row["train_flops"] > 0
+    # A dense block holds more activations than a sparse one of the same depth.
+    assert rows[2]["temp_mib"] > rows[0]["temp_mib"]

@@ -227,8 +227,8 @@ class AggregationBlock(nn.Module):
     ``impl="scan"`` computes the same function with a smaller graph: runs of
     layers that read at the same relative offsets (for base 2, layers
     2^m+1 … 2^(m+1)−1) run as one ``lax.scan`` over their stacked parameters,
-    reading earlier outputs from a buffer of all outputs; dense + sum is one
-    scan over a running sum. Compile time then grows with the number of runs
+    carrying a ring of the last 2^m outputs (static reads, one shift a step);
+    dense + sum is one scan over a running sum. Compile time then grows with the number of runs
     (O(log n) for sparse) instead of n. The parameter tree is the same as
     ``"unrolled"``'s, so checkpoints and the converter work with either.
     ``remat=True`` recomputes each unit's activations in the backward pass
@@ -288,11 +288,13 @@ class AggregationBlock(nn.Module):
         carry: Any,
         update: Callable[[Any, jax.Array, jax.Array], Any],
         train: bool,
+        emit: bool = False,
     ) -> Any:
         """Run layers ``first … first+length-1`` as one scan over their stacked variables.
 
         ``body_input(carry, l)`` builds layer ``l``'s input from the carry and
-        ``update(carry, l, y)`` stores its output ``y``.
+        ``update(carry, l, y)`` stores its output ``y``. Returns the final
+        carry, and with ``emit`` also the outputs stacked, ``(carry, ys)``.
         """
         template = self.unit(self.growth_rate, parent=None)
         names = [f"block-{layer}" for layer in range(first, first + length)]
@@ -315,16 +317,16 @@ class AggregationBlock(nn.Module):
                 s = new["batch_stats"]
             else:
                 y = template.apply(variables, h, False)
-            return update(carry, layer, y), s
+            return update(carry, layer, y), (s, y if emit else None)
 
         if self.remat:
             body = jax.checkpoint(body)
         layers = jnp.arange(first, first + length)
-        carry, new_stats = jax.lax.scan(body, carry, (layers, params, stats, rngs))
+        carry, (new_stats, ys) = jax.lax.scan(body, carry, (layers, params, stats, rngs))
         if train and not self.is_initializing():
             for name, value in zip(names, _unstack(new_stats, length), strict=True):
                 self.put_variable("batch_stats", name, value)
-        return carry
+        return (carry, ys) if emit else carry
 
     def _scanned(self, x: jax.Array, train: bool) -> jax.Array:
         n, k = self.num_layers, self.growth_rate
@@ -332,33 +334,42 @@ class AggregationBlock(nn.Module):
             return self._run_layers(
                 1, n, lambda stream, _: stream, x, lambda stream, _, y: stream + y, train
             )
-        # Slot l of the buffer holds x_l (slot 0 too when x_0 is as wide as the rest).
-        x0_fits = x.shape[-1] == k
-        buffer = jnp.zeros((n + 1, *x.shape[:-1], k), x.dtype)
-        if x0_fits:
-            buffer = buffer.at[0].set(x)
+        # x_l for every layer l so far, as (array, index into its leading axis
+        # or None): a scanned run leaves its outputs stacked, read by static index.
+        history: list[tuple[jax.Array, int | None]] = [(x, None)]
 
-        def read(buf: jax.Array, layer: jax.Array, offsets: tuple[int, ...]) -> jax.Array:
-            parts = [jax.lax.dynamic_index_in_dim(buf, layer - o, keepdims=False) for o in offsets]
-            return _aggregate(parts, self.aggregation)
+        def get(layer: int) -> jax.Array:
+            array, index = history[layer]
+            return array if index is None else array[index]
 
-        def write(buf: jax.Array, layer: jax.Array, y: jax.Array) -> jax.Array:
-            return jax.lax.dynamic_update_index_in_dim(buf, y, layer, 0)
-
-        for seg in segments(self.schedule, n, x0_fits):
-            reads_x0 = 0 in self.schedule.inputs(seg.first) and not x0_fits
-            if reads_x0:  # wider input: this layer runs on its own, outside any scan
-                parts = [x if seg.first - o == 0 else buffer[seg.first - o] for o in seg.offsets]
+        for seg in segments(self.schedule, n, x.shape[-1] == k):
+            if seg.length == 1:  # a run of one (e.g. a layer reading the wider x_0)
+                parts = [get(seg.first - o) for o in seg.offsets]
                 unit = self.unit(k, name=f"block-{seg.first}")
-                buffer = buffer.at[seg.first].set(unit(_aggregate(parts, self.aggregation), train))
+                history.append((unit(_aggregate(parts, self.aggregation), train), None))
                 continue
-            buffer = self._run_layers(
+            # The carry is a ring of the last `depth` outputs, newest first: every
+            # read is a static index, and each step shifts the ring by one. Unlike
+            # a buffer of all n outputs read at a traced index, nothing in the
+            # loop (or its transpose) is as large as the block.
+            depth = max(seg.offsets)
+            ring = jnp.stack([get(seg.first - 1 - j) for j in range(depth)])
+
+            def read(ring: jax.Array, _: jax.Array, offsets: tuple[int, ...]) -> jax.Array:
+                return _aggregate([ring[o - 1] for o in offsets], self.aggregation)
+
+            def shift(ring: jax.Array, _: jax.Array, y: jax.Array) -> jax.Array:
+                return jnp.concatenate([y[None], ring[:-1]], axis=0)
+
+            _, ys = self._run_layers(
                 seg.first,
                 seg.length,
                 functools.partial(read, offsets=seg.offsets),
-                buffer,
-                write,
+                ring,
+                shift,
                 train,
+                emit=True,
             )
+            history.extend((ys, i) for i in range(seg.length))
         outs = self.schedule.block_output(n)
-        return _aggregate([x if i == 0 else buffer[i] for i in outs], self.aggregation)
+        return _aggregate([get(i) for i in outs], self.aggregation)
