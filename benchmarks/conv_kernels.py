@@ -29,6 +29,11 @@ import numpy as np
 DEFAULT_SHAPES = ((3, 48, 24), (3, 96, 24), (3, 144, 24), (3, 96, 48), (1, 96, 48), (1, 288, 48))
 
 
+def conv_flops(kernel: int, cin: int, cout: int, batch: int, size: int) -> int:
+    """Multiply-adds × 2 of one stride-1 'same' convolution (each of fwd, dx, dw costs this)."""
+    return 2 * batch * size * size * kernel * kernel * cin * cout
+
+
 def best_seconds(run: Callable[[], Any], repeats: int) -> float:
     run()  # compile / warm up
     best = float("inf")
@@ -59,7 +64,7 @@ def jax_rates(
     def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
         return jax.lax.dot_general(x, w[0, 0], (((3,), (0,)), ((), ())))
 
-    flops = 2 * batch * size * size * kernel * kernel * cin * cout
+    flops = conv_flops(kernel, cin, cout, batch, size)
     rates = {}
     impls = [("xla conv", conv)] + ([("xla matmul", matmul)] if kernel == 1 else [])
     for label, fn in impls:
@@ -85,7 +90,7 @@ def torch_rates(
     w = torch.from_numpy(rng.standard_normal((cout, cin, kernel, kernel), np.float32))
     g = torch.from_numpy(rng.standard_normal((batch, cout, size, size), np.float32))
     pad = kernel // 2
-    flops = 2 * batch * size * size * kernel * kernel * cin * cout
+    flops = conv_flops(kernel, cin, cout, batch, size)
     conv_grad = torch.nn.grad
 
     def fwd() -> None:

@@ -37,7 +37,8 @@ class PointwiseConv(nn.Module):
     differs: a ``dot_general`` instead of a ``convolution``. XLA:CPU runs
     the gradient of a 1×1 convolution through its generic convolution
     kernels, several times slower than the matmul it is (see
-    ``benchmarks/RESULTS.md``); GPU and TPU compile both to the same GEMM.
+    ``benchmarks/RESULTS.md``). On GPU and TPU both are expected to become the
+    same GEMM (not measured yet: no accelerator was available).
     """
 
     features: int
