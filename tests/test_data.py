@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import subprocess
+import sys
 from unittest import mock
 
 import chex
@@ -17,12 +19,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsenet_jax import data
+from sparsenet_jax.data import datasets, digits, imagenet
 
 
 def mock_tfds(num_examples: int):
     return tfds.testing.mock_data(
         num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE
     )
+
+
+# ---------------------------------------------------------------------------
+# The package's public names
+
+
+def test_package_exports_the_public_names() -> None:
+    for name in data.__all__:
+        assert not isinstance(getattr(data, name), type(data)), name  # a function, not a module
+    assert data.augment.__module__ == "sparsenet_jax.data.preprocess"
 
 
 # ---------------------------------------------------------------------------
@@ -78,7 +91,7 @@ def test_digits_arrays() -> None:
 def test_digits_split_is_fixed() -> None:
     first = [*data.load_arrays("digits", "train"), *data.load_arrays("digits", "test")]
     first[0][:] = 0  # callers get copies: mutating one must not change the next load
-    data._digits.cache_clear()
+    digits.load_splits.cache_clear()
     again = [*data.load_arrays("digits", "train"), *data.load_arrays("digits", "test")]
     assert again[0].any()
     digest = hashlib.sha256()
@@ -176,6 +189,18 @@ def test_cli_without_tensorflow(tmp_path, capsys) -> None:
         assert data.main(["prepare", "cifar10", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'sparsenet_jax[prepare]'" in err
+
+
+def test_cli_runs_as_a_module() -> None:
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "sparsenet_jax.data", "prepare", "digits"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "digits ships with scikit-learn: nothing to prepare.\n"
 
 
 def test_cli_digits_and_unknown_name(capsys) -> None:
@@ -365,21 +390,21 @@ def test_imagenet_missing_explains_manual_download(tmp_path) -> None:
 @settings(max_examples=200, deadline=None)
 @given(width=st.integers(1, 600), height=st.integers(1, 600), seed=st.integers(0, 2**31))
 def test_random_resized_crop_box_inside_image(width: int, height: int, seed: int) -> None:
-    left, top, right, bottom = data._random_resized_crop_box(
+    left, top, right, bottom = imagenet._random_resized_crop_box(
         np.random.default_rng(seed), width, height
     )
     assert 0 <= left < right <= width and 0 <= top < bottom <= height
 
 
 def test_prepare_hint_is_shell_ready() -> None:
-    hint = data._prepare_hint("cifar10", os.path.join("some", "dir"))
+    hint = datasets.prepare_hint("cifar10", os.path.join("some", "dir"))
     assert "python -m sparsenet_jax.data prepare cifar10 --data-dir some/dir" in hint
 
 
 def test_tfrecord_data_without_tensorflow_explains(tmp_path) -> None:
     find_spec = importlib.util.find_spec
     with (
-        mock.patch.object(data, "_open_source", lambda *a: None),  # "prepared as tfrecord"
+        mock.patch.object(datasets, "open_source", lambda *a: None),  # "prepared as tfrecord"
         mock.patch.object(
             importlib.util,
             "find_spec",

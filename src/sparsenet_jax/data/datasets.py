@@ -1,0 +1,190 @@
+"""The dataset registry and the in-memory datasets.
+
+* ``DatasetInfo``, ``DATASETS``, ``dataset_info``: static facts about each dataset.
+* ``load_arrays``: the small datasets (digits, CIFAR-10/100) as uint8 NHWC arrays.
+* ``resolve_data_dir``, ``open_source``, ``prepare_hint``: the tfds reading that the
+  ImageNet loader and the ``prepare`` command share: where the data lives, its
+  ``array_record`` source, and the message that says how to prepare missing data.
+
+CIFAR is decoded once from tfds and then cached as ``.npy`` files in the data_dir.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import difflib
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sparsenet_jax.data import digits
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset."""
+
+    name: str
+    num_classes: int
+    image_size: int  # height = width of the images the network sees
+    channels: int
+    num_train: int
+    num_test: int  # ImageNet: the validation split
+    mean: tuple[float, ...]  # per channel, pixel values scaled to [0, 1]
+    std: tuple[float, ...]
+
+
+_INFOS = {
+    # digits: mean/std of the 1,497 upscaled training images (checked by the tests).
+    "digits": DatasetInfo("digits", 10, 32, 1, 1497, 300, (0.3058,), (0.3240,)),
+    "cifar10": DatasetInfo(
+        "cifar10", 10, 32, 3, 50_000, 10_000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", 100, 32, 3, 50_000, 10_000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    ),
+    "imagenet2012": DatasetInfo(
+        "imagenet2012",
+        1000,
+        224,
+        3,
+        1_281_167,
+        50_000,
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+    ),
+}
+DATASETS: tuple[str, ...] = tuple(_INFOS)
+IN_MEMORY: tuple[str, ...] = ("digits", "cifar10", "cifar100")  # what load_arrays serves
+
+
+class DatasetNotFoundError(RuntimeError):
+    """The dataset has not been prepared in ``data_dir``; the message says how to prepare it."""
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The ``DatasetInfo`` of ``name``; ``ValueError`` (with a suggestion) if unknown."""
+    if name not in _INFOS:
+        close = difflib.get_close_matches(name, DATASETS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown dataset {name!r}.{hint} Valid names: {', '.join(DATASETS)}.")
+    return _INFOS[name]
+
+
+def load_arrays(
+    name: str, split: str, data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8 NHWC) and labels (int32) of a small dataset; ``split`` is "train" or "test".
+
+    digits comes with scikit-learn. CIFAR is read from tfds data in ``data_dir``
+    (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) and the decoded arrays
+    are cached there as ``.npy`` files, so later loads take a fraction of a second.
+    Raises ``DatasetNotFoundError`` when the data has not been prepared.
+    """
+    info = dataset_info(name)
+    if name not in IN_MEMORY:
+        raise ValueError(f"{name} does not fit in memory; use ImageNetLoader")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name == "digits":
+        images, labels = digits.load_splits()[split]
+        return images.copy(), labels.copy()
+    root = resolve_data_dir(data_dir)
+    cache = os.path.join(root, "sparsenet_jax_cache", f"{name}-{split}")
+    try:
+        return np.load(cache + "-images.npy"), np.load(cache + "-labels.npy")
+    except FileNotFoundError:
+        pass
+    images, labels = _read_tfds(info, split, root)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    _save_atomic(cache + "-images.npy", images)
+    _save_atomic(cache + "-labels.npy", labels)  # written last: its presence marks a full cache
+    return images, labels
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+    """``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``, user-expanded.
+
+    The same default as tfds, resolved here so that error messages can name it.
+    """
+    return os.path.expanduser(
+        data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join("~", "tensorflow_datasets")
+    )
+
+
+def _save_atomic(path: str, array: np.ndarray) -> None:
+    # Several processes may share data_dir: write elsewhere, then rename in one step.
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def prepare_hint(name: str, data_dir: str) -> str:
+    """The message for ``name`` missing from ``data_dir``: the shell command that prepares it."""
+    command = (
+        "pip install 'sparsenet_jax[prepare]' && "
+        f"python -m sparsenet_jax.data prepare {name} --data-dir {data_dir}"
+    )
+    if name == "imagenet2012":
+        return (
+            f"ImageNet (imagenet2012) is not prepared in {data_dir}. It cannot be downloaded "
+            "automatically: get ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
+            f"https://image-net.org/, put them in {os.path.join(data_dir, 'downloads', 'manual')} "
+            f"(the tfds manual_dir), then prepare it once (needs TensorFlow): {command}"
+        )
+    return (
+        f"{name} is not prepared in {data_dir}. Download and prepare it once "
+        f"(needs TensorFlow and internet): {command}"
+    )
+
+
+def open_source(name: str, split: str, data_dir: str) -> Sequence[dict[str, Any]] | None:
+    """The tfds random-access source; None if the data is there but in a TensorFlow-only format."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as err:  # tfds signals missing data with several exception types
+        prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
+        if prepared and isinstance(err, NotImplementedError):
+            return None  # prepared as tfrecord: only tfds.load (TensorFlow) reads it
+        if prepared:
+            raise
+        raise DatasetNotFoundError(prepare_hint(name, data_dir)) from err
+
+
+def _read_tfds(info: DatasetInfo, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """All of ``split`` decoded into arrays (TensorFlow only for data prepared as tfrecord)."""
+    source = open_source(info.name, split, data_dir)
+    if source is None:
+        if importlib.util.find_spec("tensorflow") is None:
+            raise DatasetNotFoundError(
+                f"{info.name} in {data_dir} is in the tfrecord format, which needs TensorFlow "
+                "(pip install 'sparsenet_jax[prepare]'); or delete it and prepare it again "
+                f"with: python -m sparsenet_jax.data prepare {info.name} --data-dir {data_dir}"
+            )
+        import tensorflow_datasets as tfds
+
+        arrays = tfds.as_numpy(
+            tfds.load(info.name, split=split, data_dir=data_dir, batch_size=-1, download=False)
+        )
+        return np.asarray(arrays["image"], np.uint8), np.asarray(arrays["label"], np.int32)
+
+    n = len(source)
+    images = np.empty((n, info.image_size, info.image_size, info.channels), np.uint8)
+    labels = np.empty((n,), np.int32)
+
+    def fill(start: int) -> None:  # decodes one chunk of PNGs; PIL releases the GIL
+        for i in range(start, min(n, start + 1000)):
+            example = source[i]
+            images[i] = example["image"]
+            labels[i] = example["label"]
+
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(fill, range(0, n, 1000)))
+    return images, labels
