@@ -1,0 +1,183 @@
+"""One place that builds a run: model, optimizer, mesh, initial state and the jitted steps.
+
+The trainer, ``python -m sparsenet_jax.aot``, the notebook and the benchmarks
+all call :func:`build_run`; nothing builds a step a second way, so what the
+deviceless TPU check compiles is exactly what training runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from sparsenet_jax import data as data_lib
+from sparsenet_jax import steps
+from sparsenet_jax.config import TrainConfig
+from sparsenet_jax.errors import TrainingError
+from sparsenet_jax.models import SparseNet
+from sparsenet_jax.presets import create_model
+
+
+def resolve_dtype(dtype: str, platform: str) -> str:
+    """``"auto"`` is bfloat16 compute on TPU (parameters stay float32), float32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if platform == "tpu" else "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Everything a caller needs to train, evaluate or compile ahead of time.
+
+    Attributes:
+      config: the run's configuration, with ``dtype`` resolved for the backend.
+      info: the dataset's sizes and statistics.
+      model: the network.
+      model_kwargs: every ``create_model`` override used, dtypes as strings, so
+        ``create_model(config.model, info.num_classes, **model_kwargs)`` rebuilds it.
+      mesh: the 1-D ``data`` mesh the state is replicated on and batches sharded over.
+      learning_rate: the schedule (a function of the step).
+      tx: the optimizer.
+      steps_per_epoch, total_steps: the step counter's meaning.
+      train_step, eval_step: the jitted steps.
+    """
+
+    config: TrainConfig
+    info: data_lib.DatasetInfo
+    model: SparseNet
+    model_kwargs: dict[str, Any]
+    mesh: Mesh
+    learning_rate: optax.Schedule
+    tx: optax.GradientTransformation
+    steps_per_epoch: int
+    total_steps: int
+    train_step: Callable[..., Any]
+    eval_step: Callable[..., Any]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.info.image_size, self.info.image_size, self.info.channels)
+
+    def init_state(self) -> steps.TrainState:
+        """The initial state (parameters, BatchNorm statistics, optimizer), replicated."""
+        return steps.create_train_state(
+            self.model, self.tx, self.config.seed, (1, *self.image_shape), self.mesh
+        )
+
+    def abstract_state(self) -> steps.TrainState:
+        """Shapes, dtypes and shardings of the state, allocating nothing."""
+        shapes = jax.eval_shape(
+            lambda: steps.create_train_state(
+                self.model, self.tx, self.config.seed, (1, *self.image_shape)
+            )
+        )
+        replicated, _ = steps.shardings(self.mesh)
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
+        )
+
+    def abstract_batch(self, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes and shardings of one global batch, as the input pipeline delivers it."""
+        _, batched = steps.shardings(self.mesh)
+        size = self.config.batch_size if train else self.config.eval_batch_size
+        # In-memory datasets arrive as uint8 and are augmented on device; the
+        # ImageNet loader augments and normalises on the host.
+        pixels = jnp.float32 if self.config.dataset == "imagenet2012" else jnp.uint8
+        batch = {
+            "image": jax.ShapeDtypeStruct((size, *self.image_shape), pixels, sharding=batched),
+            "label": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=batched),
+        }
+        if not train:
+            batch["mask"] = jax.ShapeDtypeStruct((size,), jnp.float32, sharding=batched)
+        return batch
+
+    @functools.cached_property
+    def num_params(self) -> int:
+        leaves = jax.tree_util.tree_leaves(self.abstract_state().params)
+        return sum(leaf.size for leaf in leaves)
+
+
+def build_run(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> Run:
+    """Build the run ``config`` describes, on ``devices`` (default: all of them).
+
+    ``devices`` may be compile-only devices (a TPU topology on a machine without
+    one): nothing here allocates or runs anything on them.
+
+    Raises:
+      TrainingError: the batch sizes do not fit the devices or the dataset.
+    """
+    info = data_lib.dataset_info(config.dataset)
+    mesh = steps.data_mesh(devices)
+    platform = mesh.devices.flat[0].platform
+    config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, platform))
+    steps_per_epoch = _steps_per_epoch(config, info, mesh.size)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+
+    model_kwargs = {"in_channels": info.channels, "dtype": config.dtype, **config.model_kwargs}
+    model = create_model(
+        config.model, num_classes=info.num_classes, **{**model_kwargs, "dtype": _dtype(config)}
+    )
+    lr = steps.piecewise_lr(config.lr, steps_per_epoch, config.lr_boundaries, config.lr_decay)
+    tx = steps.make_optimizer(lr, config.momentum, config.nesterov, config.weight_decay)
+    preprocess = make_preprocess(config, info)
+    train_step = steps.make_train_step(model, tx, config.seed, preprocess)
+    eval_step = steps.make_eval_step(model, preprocess, top_k=5 if info.num_classes > 10 else 0)
+    return Run(
+        config=config,
+        info=info,
+        model=model,
+        model_kwargs=model_kwargs,
+        mesh=mesh,
+        learning_rate=lr,
+        tx=tx,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        train_step=steps.jit_train_step(train_step, mesh),
+        eval_step=steps.jit_eval_step(eval_step, mesh),
+    )
+
+
+def _steps_per_epoch(config: TrainConfig, info: data_lib.DatasetInfo, devices: int) -> int:
+    for name in ("batch_size", "eval_batch_size"):
+        if getattr(config, name) % devices:
+            raise TrainingError(
+                f"{name} {getattr(config, name)} must be divisible by the {devices} devices"
+            )
+    if config.eval_batch_size > info.num_test:  # padding would only waste memory
+        raise TrainingError(
+            f"eval_batch_size {config.eval_batch_size} is larger than the "
+            f"{info.num_test} test images"
+        )
+    steps_per_epoch = info.num_train // config.batch_size
+    if steps_per_epoch < 1:
+        raise TrainingError(
+            f"batch_size {config.batch_size} is larger than the {info.num_train} training images"
+        )
+    return steps_per_epoch
+
+
+def _dtype(config: TrainConfig) -> Any:
+    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+def make_preprocess(config: TrainConfig, info: data_lib.DatasetInfo) -> steps.Preprocess:
+    """Augment and normalise inside the jitted step (the host only gathers uint8)."""
+    dtype = _dtype(config)
+    if config.dataset == "imagenet2012":  # the loader augments and normalises on the host
+        return lambda rng, images, train: images.astype(dtype)
+
+    def preprocess(rng: jax.Array, images: jax.Array, train: bool) -> jax.Array:
+        if train:
+            images = data_lib.augment(rng, images, pad=config.augment_pad, flip=config.augment_flip)
+        return data_lib.normalize(images, info, dtype)
+
+    return preprocess

@@ -1,0 +1,178 @@
+"""What a user sees of a run: the progress line, ``metrics.jsonl`` and TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from sparsenet_jax.workdir import write_atomic
+
+Record = dict[str, Any]
+
+
+def duration(seconds: float) -> str:
+    """``1h02m03s`` / ``2m03s``; ``?`` when unknown."""
+    if not math.isfinite(seconds):
+        return "?"
+    h, rem = divmod(int(seconds), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """A one-line progress bar on a terminal; plain periodic lines otherwise."""
+
+    def __init__(self, total: int, enabled: bool, stream: Any = sys.stderr) -> None:
+        self.total, self.enabled, self.stream = total, enabled, stream
+        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+
+    def update(self, step: int, epoch: float, fields: dict[str, float], eta_s: float) -> None:
+        if not self.enabled:
+            return
+        done = step / max(self.total, 1)
+        text = (
+            f"step {step}/{self.total} ep {epoch:.2f} "
+            + " ".join(f"{k} {v:.4g}" for k, v in fields.items())
+            + f" ETA {duration(eta_s)}"
+        )
+        if self.tty:
+            width = 24
+            bar = "#" * int(width * done) + "-" * (width - int(width * done))
+            self.stream.write(f"\r[{bar}] {100 * done:5.1f}% {text}\x1b[K")
+        else:
+            self.stream.write(f"[{100 * done:5.1f}%] {text}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.tty = False
+
+
+class MetricsWriter:
+    """``metrics.jsonl`` (one JSON object a line) and TensorBoard events, on process 0."""
+
+    def __init__(
+        self,
+        workdir: pathlib.Path,
+        resume_step: int,
+        on_record: Callable[[Record], None] | None = None,
+    ) -> None:
+        self.enabled = jax.process_index() == 0
+        self.on_record = on_record
+        self.path = workdir / "metrics.jsonl"
+        self.tb: Any = None
+        if not self.enabled:
+            return
+        if self.path.exists():
+            self._truncate_after(resume_step)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        except ImportError:  # pragma: no cover - tensorboardX is a dependency
+            warnings.warn("tensorboardX is missing: no TensorBoard events", stacklevel=2)
+
+    def _truncate_after(self, step: int) -> None:
+        # Records past the restored checkpoint came from a run that died; the
+        # resumed run writes them again. Replaced atomically: a kill here
+        # leaves the old file or the new one, never an empty one.
+        kept = [rec for rec in read_records(self.path) if rec.get("step", 0) <= step]
+        write_atomic(self.path, "".join(json.dumps(rec) + "\n" for rec in kept))
+
+    def write(self, record: Record) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.on_record is not None:
+            self.on_record(record)
+        if self.tb is not None:
+            for key, value in record.items():
+                if key not in ("split", "step") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{record['split']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+def read_records(path: pathlib.Path) -> list[Record]:
+    """The records of a ``metrics.jsonl``; a torn last line (a kill mid-write) is skipped."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def best_so_far(path: pathlib.Path) -> tuple[float, int] | None:
+    """(best test accuracy, its epoch) among the records of an earlier run, if any."""
+    best = None
+    if path.exists():
+        for rec in read_records(path):
+            if rec.get("split") == "test" and (best is None or rec["accuracy"] > best[0]):
+                best = (rec["accuracy"], math.ceil(rec["epoch"]))
+    return best
+
+
+class StepTimer:
+    """Images/s of the train steps alone: time spent evaluating and saving is left out."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.metrics: list[dict[str, jax.Array]] = []
+        self.images = 0
+        self.data_s = 0.0
+        self.paused_s = 0.0
+        self.start = time.time()
+
+    def add(self, metrics: dict[str, jax.Array], images: int) -> None:
+        self.metrics.append(metrics)
+        self.images += images
+
+    def pause(self, seconds: float) -> None:
+        self.paused_s += seconds
+
+    def elapsed(self) -> float:
+        return max(time.time() - self.start - self.paused_s, 1e-9)
+
+    def summary(self, step: int, steps_per_epoch: int, lr: Callable[[int], Any]) -> Record:
+        """Mean train metrics over the window and the window's speeds; starts a new window."""
+        record = summarise(self.metrics, step, steps_per_epoch, lr)
+        record["images_per_sec"] = self.images / self.elapsed()
+        record["input_images_per_sec"] = self.images / max(self.data_s, 1e-9)
+        self.reset()
+        return record
+
+
+def summarise(
+    window: Sequence[dict[str, jax.Array]],
+    step: int,
+    steps_per_epoch: int,
+    lr: Callable[[int], Any],
+) -> Record:
+    """The mean of each train metric over ``window`` (fetched from the devices)."""
+    values = jax.device_get(list(window))
+    record: Record = {"split": "train", "step": step, "epoch": step / steps_per_epoch}
+    for key in values[0]:
+        record[key] = float(np.mean([v[key] for v in values]))
+    record["lr"] = float(lr(step - 1))
+    return record

@@ -1,0 +1,100 @@
+"""Signals and background errors: SIGTERM and Ctrl-C stop a run cleanly, and a failed
+save is reported in one line instead of a traceback from every writer thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class StopRequested(Exception):
+    """Raised where a signal arrives before there is any state worth saving."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) become a flag the loop checks after each step.
+
+    Before the first step has finished (data loading, compilation) there is
+    nothing to save, so a signal stops at once. Afterwards the loop saves and
+    exits; a second signal while it saves stops the process immediately
+    (the newest finished checkpoint stays the resume point).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.armed = False
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def raised(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return "" if self.signum is None else signal.Signals(self.signum).name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.armed:
+            raise StopRequested(signum)
+        if self.signum is not None:  # asked twice: do not wait for the save
+            print(f"{signal.Signals(signum).name} again: stopping now", file=sys.stderr)
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
+class HoldBackgroundErrors:
+    """Hold back errors raised off the main thread while the CLI runs.
+
+    A failed checkpoint write (a full disk) fails in many orbax/tensorstore
+    threads at once, each printing a traceback, and TensorBoard's exit hook
+    fails again; the same error reaches the main thread, which reports it in
+    one line. So: after a good run the held errors are printed as usual; after
+    a failed one they are dropped, and so are those of the interpreter's exit.
+    """
+
+    def __enter__(self) -> HoldBackgroundErrors:
+        self.held: list[Callable[[], object]] = []
+        self._hooks = (sys.unraisablehook, threading.excepthook)
+        sys.unraisablehook = lambda u: self.held.append(lambda: self._hooks[0](u))
+        threading.excepthook = lambda a: self.held.append(lambda: self._hooks[1](a))
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).addFilter(self._hold)
+        return self
+
+    def _hold(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.held.append(lambda: logging.getLogger(record.name).handle(record))
+        return False
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None:  # the error is reported; stay quiet until exit
+            return
+        sys.unraisablehook, threading.excepthook = self._hooks
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).removeFilter(self._hold)
+        for emit in self.held:
+            emit()
