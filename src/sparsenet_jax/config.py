@@ -1,8 +1,10 @@
 """The training configuration, the named recipes, and the command line that fills them.
 
 Every field of :class:`TrainConfig` is a flag of ``python -m sparsenet_jax.train``
-(``--batch-size 128``); a recipe (``--recipe cifar10``) sets the defaults and
-flags override them. Validation errors name the field and the bad value.
+(``--batch-size 128``, or ``--batch_size 128``); a recipe (``--recipe cifar10``) sets the
+defaults and flags override them. A field's annotation picks its parser (an annotation
+the command line cannot fill raises at import) and ``metadata["help"]`` is its help text.
+Validation errors name the field and the bad value.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import json
 import math
-from collections.abc import Sequence
-from typing import Any
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
-from sparsenet_jax.data import DATASETS
+from sparsenet_jax.data import DATASETS, dataset_info
 from sparsenet_jax.models import SparseNet
 from sparsenet_jax.presets import LAYOUT_OVERRIDES, create_model
 
-DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+PROG = "python -m sparsenet_jax.train"
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
 # create_model arguments the run sets itself (from the dataset, or --dtype).
 RUN_SET_KWARGS: dict[str, str] = {
     "num_classes": "set by the dataset",
@@ -28,104 +34,100 @@ RUN_SET_KWARGS: dict[str, str] = {
     "param_dtype": "parameters stay float32",
 }
 SEED_LIMIT = 2**32  # jax.random.key keeps only the low 32 bits of larger seeds
+# A recipe lists where it differs from TrainConfig's defaults, which are the paper's CIFAR
+# recipe (DenseNet's: SGD with Nesterov momentum, the lr divided by 10 at 50% and 75%).
+RECIPES: dict[str, dict[str, Any]] = {
+    "cifar10": {"dataset": "cifar10"},
+    "cifar100": {"dataset": "cifar100"},
+    "imagenet": {
+        **{"model": "sparsenet-121-32", "dataset": "imagenet2012", "epochs": 90},
+        **{"batch_size": 256, "eval_batch_size": 250, "lr_boundaries": (30.0, 60.0)},
+        "log_every_steps": 100,
+    },
+    # The offline quickstart: scikit-learn's handwritten digits, upscaled to 32×32.
+    "digits": {
+        **{"model": "sparsenet-13-8", "dataset": "digits", "epochs": 20, "eval_batch_size": 300},
+        **{"lr_boundaries": (12.0, 17.0), "augment_pad": 2, "log_every_steps": 10},
+        "augment_flip": False,  # a mirrored digit is another glyph
+    },
+}
+
+
+def _field(group: str, default: Any, text: str) -> Any:
+    """A field with its --help section title and text."""
+    return dataclasses.field(default=default, metadata={"group": group, "help": text})
+
+
+_MODEL, _RUN = "recipe and model", "run: output, logging, checkpoints, compilation, hosts"
+_model, _data, _optim, _run = (
+    functools.partial(_field, group) for group in (_MODEL, "data", "optimisation", _RUN)
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Every knob of a training run. Defaults are the CIFAR recipe of the paper."""
 
-    recipe: str = "cifar10"
-    model: str = "sparsenet-40-24"
-    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    workdir: str = "runs/default"
-    batch_size: int = 64
-    eval_batch_size: int = 500
-    epochs: int = 300
-    max_steps: int = 0  # stop after this many steps in total (0: run all epochs)
-    lr: float = 0.1
-    lr_boundaries: tuple[float, ...] = (150.0, 225.0)  # epochs where the lr is multiplied
-    lr_decay: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    augment_pad: int = 4  # zero-pad then random crop back; 0 disables
-    augment_flip: bool = True
-    seed: int = 0
-    dtype: str = "float32"  # compute dtype; parameters stay float32
-    log_every_steps: int = 50
-    eval_every_epochs: int = 1
-    checkpoint_every_steps: int = 0  # 0: at the end of every epoch
-    keep_checkpoints: int = 3
-    progress: bool = True
-    distributed: bool = False  # call jax.distributed.initialize()
-    coordinator_address: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
+    # --- recipe and model
+    recipe: str = _model("cifar10", f"named defaults: {', '.join(RECIPES)}")
+    model: str = _model("sparsenet-40-24", "preset name (sparsenet_jax.list_models())")
+    model_kwargs: dict[str, Any] = dataclasses.field(
+        default_factory=dict,
+        metadata={"group": _MODEL, "help": 'create_model overrides, e.g. {"dropout_rate": 0.2}'},
+    )
+    dtype: str = _model("auto", "compute dtype: float32, bfloat16, or auto (bfloat16 on TPU)")
+    # --- data
+    dataset: str = _data("cifar10", f"one of {', '.join(DATASETS)}")
+    data_dir: str | None = _data(
+        None, "tfds data_dir; unset: $TFDS_DATA_DIR or ~/tensorflow_datasets"
+    )
+    augment_pad: int = _data(4, "zero-pad by this many pixels, crop back at random; 0: off")
+    augment_flip: bool = _data(True, "random horizontal flips")
+    eval_batch_size: int = _data(500, "images per evaluation batch (all devices)")
+    # --- optimisation
+    batch_size: int = _optim(64, "global batch size (all devices, all hosts)")
+    epochs: int = _optim(300, "length of the schedule")
+    max_steps: int = _optim(0, "stop after this many steps in total; 0: all epochs")
+    lr: float = _optim(0.1, "learning rate (SGD)")
+    lr_boundaries: tuple[float, ...] = _optim((150.0, 225.0), "epochs where lr is × lr_decay")
+    lr_decay: float = _optim(0.1, "factor applied at each boundary")
+    momentum: float = _optim(0.9, "SGD momentum")
+    nesterov: bool = _optim(True, "Nesterov momentum")
+    weight_decay: float = _optim(1e-4, "L2 penalty on the parameters")
+    seed: int = _optim(0, "initialisation and data order, below 2**32")
+    # --- run
+    workdir: str = _run("runs/default", "checkpoints, metrics, config.json (default: runs/RECIPE)")
+    log_every_steps: int = _run(50, "log training metrics every N steps")
+    eval_every_epochs: int = _run(1, "evaluate on the test split every N epochs")
+    checkpoint_every_steps: int = _run(0, "save every N steps; 0: every epoch")
+    keep_checkpoints: int = _run(3, "how many recent checkpoints to keep")
+    progress: bool = _run(True, "a progress bar on stderr")
+    compilation_cache_dir: str = _run("auto", "JAX compilation cache; auto: user cache, none: off")
+    distributed: bool = _run(False, "multi-host: call jax.distributed.initialize()")
+    coordinator_address: str | None = _run(None, "HOST:PORT of process 0 (multi-host)")
+    num_processes: int | None = _run(None, "number of processes (multi-host)")
+    process_id: int | None = _run(None, "this process's index (multi-host)")
 
 
-_CIFAR = dict(
-    model="sparsenet-40-24",
-    batch_size=64,
-    epochs=300,
-    lr=0.1,
-    lr_boundaries=(150.0, 225.0),
-    momentum=0.9,
-    nesterov=True,
-    weight_decay=1e-4,
-    augment_pad=4,
-    augment_flip=True,
+# Fields whose change makes an existing workdir's checkpoints or step counter mean
+# something else (the network, its inputs, its numerics, or the batches a step saw).
+IDENTITY_FIELDS: tuple[str, ...] = (
+    *("model", "model_kwargs", "dataset", "dtype"),
+    *("seed", "batch_size", "augment_pad", "augment_flip"),
 )
-RECIPES: dict[str, dict[str, Any]] = {
-    # DESIGN.md §2: the official recipe (= DenseNet's).
-    "cifar10": {**_CIFAR, "dataset": "cifar10"},
-    "cifar100": {**_CIFAR, "dataset": "cifar100"},
-    "imagenet": dict(
-        model="sparsenet-121-32",
-        dataset="imagenet2012",
-        batch_size=256,
-        eval_batch_size=250,
-        epochs=90,
-        lr=0.1,
-        lr_boundaries=(30.0, 60.0),
-        weight_decay=1e-4,
-        nesterov=True,
-        log_every_steps=100,
-    ),
-    # The offline quickstart: scikit-learn's handwritten digits, upscaled to 32×32.
-    "digits": dict(
-        model="sparsenet-13-8",
-        dataset="digits",
-        batch_size=64,
-        eval_batch_size=300,
-        epochs=20,
-        lr=0.1,
-        lr_boundaries=(12.0, 17.0),
-        weight_decay=1e-4,
-        augment_pad=2,
-        augment_flip=False,  # a mirrored digit is another glyph
-        log_every_steps=10,
-    ),
-}
-
-# Fields whose change makes an existing workdir's checkpoints meaningless.
-IDENTITY_FIELDS: tuple[str, ...] = ("model", "model_kwargs", "dataset", "dtype")
-
-_HELP = {
-    "recipe": f"named defaults: {', '.join(RECIPES)}",
-    "model": "preset name, e.g. sparsenet-40-24 (see sparsenet_jax.list_models())",
-    "model_kwargs": "JSON overrides for create_model, e.g. '{\"dropout_rate\": 0.2}'",
-    "dataset": f"one of {', '.join(DATASETS)}",
-    "data_dir": "tensorflow-datasets data_dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)",
-    "workdir": "checkpoints, metrics.jsonl, config.json and TensorBoard events go here",
-    "batch_size": "global batch size (all devices, all hosts)",
-    "max_steps": "stop after this many steps in total (0: all epochs)",
-    "lr_boundaries": "epochs at which the learning rate is multiplied by lr_decay",
-    "checkpoint_every_steps": "0: at the end of every epoch",
-    "dtype": f"compute dtype, one of {', '.join(DTYPES)}; parameters stay float32",
-    "distributed": "multi-host: call jax.distributed.initialize() (auto-detects on TPU/SLURM)",
-}
+# (fields, test, what a value must be), in order: a NaN learning rate is "not finite".
+_RANGES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
+    (("batch_size", "eval_batch_size", "epochs"), lambda v: v >= 1, ">= 1"),
+    (("log_every_steps", "eval_every_epochs", "keep_checkpoints"), lambda v: v >= 1, ">= 1"),
+    (("max_steps", "checkpoint_every_steps", "augment_pad", "seed"), lambda v: v >= 0, ">= 0"),
+    (("seed",), lambda v: v < SEED_LIMIT, "< 2**32"),
+    (("lr", "momentum", "weight_decay", "lr_decay"), math.isfinite, "a finite number"),
+    (("lr",), lambda v: v > 0, "> 0"),
+    (("momentum",), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("weight_decay",), lambda v: v >= 0, ">= 0"),
+    (("lr_decay",), lambda v: 0 < v <= 1, "in (0, 1]"),
+    (("num_processes",), lambda v: v is None or v >= 1, ">= 1"),
+]
 
 
 class ConfigError(ValueError):
@@ -138,61 +140,35 @@ def _suggest(value: str, choices: Sequence[str]) -> str:
 
 
 def validate(config: TrainConfig) -> TrainConfig:
-    """Check ranges and names; raise :class:`ConfigError` naming the field."""
-    if config.recipe not in RECIPES:
-        raise ConfigError(
-            f"recipe: unknown {config.recipe!r}{_suggest(config.recipe, list(RECIPES))}; "
-            f"choose from {', '.join(RECIPES)}"
-        )
-    if config.dataset not in DATASETS:
-        raise ConfigError(
-            f"dataset: unknown {config.dataset!r}{_suggest(config.dataset, DATASETS)}; "
-            f"choose from {', '.join(DATASETS)}"
-        )
+    """Check types, names and ranges; raise :class:`ConfigError` naming the field."""
+    for name, hint in _HINTS.items():
+        if not _matches(value := getattr(config, name), hint):
+            shown = hint.__name__ if isinstance(hint, type) else str(hint)
+            raise ConfigError(f"{name}: expected {shown.replace('typing.', '')}, got {value!r}")
+    for name, choices in (("recipe", tuple(RECIPES)), ("dataset", DATASETS)):
+        if (value := getattr(config, name)) not in choices:
+            raise ConfigError(
+                f"{name}: unknown {value!r}{_suggest(value, choices)}; "
+                f"choose from {', '.join(choices)}"
+            )
     if config.dtype not in DTYPES:
         raise ConfigError(
-            f"dtype: must be one of {', '.join(DTYPES)}, got {config.dtype!r}"
-            + _suggest(config.dtype, DTYPES)
+            f"dtype: must be one of float32, bfloat16, got {config.dtype!r}"
+            f"{_suggest(config.dtype, DTYPES)}; or auto, the default: bfloat16 on TPU, else float32"
         )
-    if not isinstance(config.model_kwargs, dict):
-        raise ConfigError(f"model_kwargs: must be a JSON object, got {config.model_kwargs!r}")
-    _check_model_kwargs(config.model_kwargs)
-    try:  # builds the (uninitialised) module: checks the name, depth and overrides
-        create_model(config.model, **config.model_kwargs)
-    except (ValueError, TypeError) as err:
-        field = "model" if not config.model_kwargs else "model/model_kwargs"
-        raise ConfigError(f"{field}: {err}") from None
-    positive = ("batch_size", "eval_batch_size", "epochs", "log_every_steps", "eval_every_epochs")
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{name}: must be >= 1, got {getattr(config, name)}")
-    for name in ("max_steps", "checkpoint_every_steps", "augment_pad", "seed"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name}: must be >= 0, got {getattr(config, name)}")
-    if config.seed >= SEED_LIMIT:
-        raise ConfigError(f"seed: must be < 2**32, got {config.seed}")
-    for name in ("lr", "momentum", "weight_decay", "lr_decay"):
-        if not math.isfinite(getattr(config, name)):
-            raise ConfigError(f"{name}: must be a finite number, got {getattr(config, name)}")
-    if config.keep_checkpoints < 1:
-        raise ConfigError(f"keep_checkpoints: must be >= 1, got {config.keep_checkpoints}")
-    if not config.lr > 0:
-        raise ConfigError(f"lr: must be > 0, got {config.lr}")
-    if not 0 <= config.momentum < 1:
-        raise ConfigError(f"momentum: must be in [0, 1), got {config.momentum}")
-    if config.weight_decay < 0:
-        raise ConfigError(f"weight_decay: must be >= 0, got {config.weight_decay}")
-    if not 0 < config.lr_decay <= 1:
-        raise ConfigError(f"lr_decay: must be in (0, 1], got {config.lr_decay}")
+    _check_model(config)
+    for names, ok, text in _RANGES:
+        for name in names:
+            if not ok(value := getattr(config, name)):
+                raise ConfigError(f"{name}: must be {text}, got {value}")
     bounds = list(config.lr_boundaries)
     if not all(0 < b < math.inf for b in bounds) or bounds != sorted(bounds):
         raise ConfigError(
             f"lr_boundaries: must be increasing positive epochs, got {config.lr_boundaries}"
         )
-    if not config.workdir:
-        raise ConfigError("workdir: must not be empty")
-    if config.num_processes is not None and config.num_processes < 1:
-        raise ConfigError(f"num_processes: must be >= 1, got {config.num_processes}")
+    for name in ("workdir", "compilation_cache_dir"):
+        if not getattr(config, name):
+            raise ConfigError(f"{name}: must not be empty")
     if config.process_id is not None and not (
         0 <= config.process_id < (config.num_processes or math.inf)
     ):
@@ -203,10 +179,23 @@ def validate(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def _check_model_kwargs(kwargs: dict[str, Any]) -> None:
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the annotated type (an int is a fine float; a bool is neither)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint in (int, float):
+        return isinstance(value, (int, hint)) and not isinstance(value, bool)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_matches(v, args[0]) for v in value)
+    return isinstance(value, origin or hint)
+
+
+def _check_model(config: TrainConfig) -> None:
+    """The name, depth and overrides build a network whose stem fits the dataset's images."""
     valid = {f.name for f in dataclasses.fields(SparseNet)} - {"parent", "name"}
     valid = (valid | set(LAYOUT_OVERRIDES)) - set(RUN_SET_KWARGS)
-    for key in kwargs:
+    for key in config.model_kwargs:
         if key in RUN_SET_KWARGS:
             raise ConfigError(f"model_kwargs: {key!r} is not allowed ({RUN_SET_KWARGS[key]})")
         if key not in valid:
@@ -214,6 +203,19 @@ def _check_model_kwargs(kwargs: dict[str, Any]) -> None:
                 f"model_kwargs: unknown key {key!r}{_suggest(key, sorted(valid))}; "
                 f"valid: {', '.join(sorted(valid))}"
             )
+    try:  # builds the (uninitialised) module
+        model = create_model(config.model, **config.model_kwargs)
+    except (ValueError, TypeError) as err:
+        field = "model" if not config.model_kwargs else "model/model_kwargs"
+        raise ConfigError(f"{field}: {err}") from None
+    size = dataset_info(config.dataset).image_size
+    fits = "imagenet" if size > 64 else "cifar"  # 224×224 ImageNet; 32×32 CIFAR and digits
+    if model.stem != fits and "stem" not in config.model_kwargs:  # an explicit stem is a choice
+        example = {"imagenet": "sparsenet-121-32", "cifar": "sparsenet-40-24"}[fits]
+        raise ConfigError(
+            f"model: {config.model} has the {model.stem} stem, but {config.dataset} has "
+            f"{size}×{size} images; use a model with the {fits} stem, such as {example}"
+        )
 
 
 def identity(config: TrainConfig) -> dict[str, Any]:
@@ -226,13 +228,19 @@ def to_json(config: TrainConfig) -> str:
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - fields)
+    """A validated config from plain values (a JSON list is fine for a tuple field)."""
+    unknown = sorted(set(values) - set(_HINTS))
     if unknown:
         raise ConfigError(f"unknown config field(s) {unknown}")
-    if "lr_boundaries" in values:
-        values = {**values, "lr_boundaries": tuple(values["lr_boundaries"])}
+    values = {
+        k: tuple(v) if typing.get_origin(_HINTS[k]) is tuple and isinstance(v, list) else v
+        for k, v in values.items()
+    }
     return validate(TrainConfig(**values))
+
+
+# ---------------------------------------------------------------------------
+# The command line
 
 
 def _bool(text: str) -> bool:
@@ -263,63 +271,119 @@ def _float_list(text: str) -> tuple[float, ...]:
         ) from None
 
 
-def _parser_type(annotation: Any) -> Any:
-    if annotation in ("bool", bool):
-        return _bool
-    if annotation in ("int", "int | None", int):
-        return int
-    if annotation in ("float", float):
-        return float
-    if annotation in ("dict[str, Any]",):
-        return _json_object
-    if annotation in ("tuple[float, ...]",):
-        return _float_list
-    return str
+_PARSERS: dict[Any, tuple[Callable[[str], Any], str | None]] = {  # annotation: type, metavar
+    bool: (_bool, "{true,false}"),
+    int: (int, "N"),
+    float: (float, "X"),
+    str: (str, None),  # the metavar is the field's last word: MODEL, DIR, ...
+    tuple[float, ...]: (_float_list, "X,Y,..."),
+    dict[str, Any]: (_json_object, "JSON"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m sparsenet_jax.train",
-        description="Train SparseNet/DenseNet/ResNet. A recipe sets the defaults; flags override.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def _converter(hint: Any) -> tuple[Callable[[str], Any], str | None]:
+    """The argparse ``type`` and metavar of an annotation; ``TypeError`` if a flag can't fill it."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 2:
+        if type(None) in args:  # X | None: a flag gives an X; leaving it out keeps None
+            return _converter(next(arg for arg in args if arg is not type(None)))
+    if hint in _PARSERS:
+        return _PARSERS[hint]
+    raise TypeError(f"no command-line parser for the annotation {hint!r}")
+
+
+_HINTS: dict[str, Any] = typing.get_type_hints(TrainConfig)
+_PARSED = [_converter(hint) for hint in _HINTS.values()]  # raises for a field no flag can fill
+
+
+class _Parser(argparse.ArgumentParser):
+    """Short errors: the error line, then a close flag if there is one; no usage."""
+
+    def error(self, message: str) -> NoReturn:
+        lines = [f"{self.prog}: error: {' '.join(message.split())}"]
+        words = message.split(": ", 1)[-1].split()
+        if message.startswith("unrecognized arguments: ") and words[0].startswith("--"):
+            shown = [
+                s for a in self._actions if a.help != argparse.SUPPRESS for s in a.option_strings
+            ]
+            typed = words[0].split("=", 1)[0].replace("_", "-")
+            lines += [f"did you mean {m}?" for m in difflib.get_close_matches(typed, shown, n=1)]
+        lines[-1] = lines[-1].rstrip(".") + ("; " if len(lines) == 1 else " ") + "see --help"
+        self.exit(2, "\n".join(lines) + "\n")
+
+
+def build_parser(prog: str = PROG, config_cls: type = TrainConfig) -> argparse.ArgumentParser:
+    """A flag for every field of ``config_cls`` (default None: not given), in help groups.
+
+    ``--batch-size`` is the spelling --help shows; ``--batch_size`` works too.
+    """
+    parser = _Parser(
+        prog=prog,
+        usage="%(prog)s [--recipe NAME] [--FLAG VALUE ...]",
+        description="Train SparseNet/DenseNet/ResNet. A recipe sets the defaults; flags "
+        "override them. Every flag also takes underscores (--batch_size).",
+        allow_abbrev=False,  # a prefix is ambiguous between --batch-size and --batch_size
     )
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = _parser_type(field.type if isinstance(field.type, str) else str(field.type))
-        parser.add_argument(
-            flag,
-            dest=field.name,
-            type=kind,
+    hints = typing.get_type_hints(config_cls)
+    groups: dict[str, Any] = {}
+    for field in dataclasses.fields(config_cls):
+        if "help" not in field.metadata:
+            raise TypeError(f"{config_cls.__name__}.{field.name}: no metadata['help']")
+        group = field.metadata.get("group", "options")
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        convert, metavar = _converter(hints[field.name])
+        dash, given = "--" + field.name.replace("_", "-"), dict(dest=field.name, type=convert)
+        groups[group].add_argument(
+            dash,
+            **given,
             default=None,
-            metavar=field.name.upper(),
-            help=_HELP.get(field.name, field.name.replace("_", " "))
-            + (f" (cifar10 default: {_default(field)})" if field.name != "recipe" else ""),
+            metavar=metavar or field.name.upper().rsplit("_", 1)[-1],
+            help=(field.metadata["help"] + _default_text(field)).replace("%", "%%"),
         )
+        if dash != "--" + field.name:
+            groups[group].add_argument("--" + field.name, **given, help=argparse.SUPPRESS)
     return parser
 
 
-def _default(field: dataclasses.Field[Any]) -> Any:
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return field.default
+def _default_text(field: dataclasses.Field[Any]) -> str:
+    """ " (default: 64; imagenet: 256)": the default, and the recipes that change it."""
+    default = field.default_factory() if callable(field.default_factory) else field.default
+    if field.name == "workdir" or default is None:
+        return ""
+    show = {k: r[field.name] for k, r in RECIPES.items() if r.get(field.name, default) != default}
+    texts = [
+        f"{k}: " + (",".join(map(str, v)) if isinstance(v, tuple) else json.dumps(v).strip('"'))
+        for k, v in {"default": default, **show}.items()
+    ]
+    return f" ({'; '.join(texts)})"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse the command line into a validated config; bad input exits with status 2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
+    return parse_with_extras(argv, prog=PROG, add_extra=lambda parser: None)[0]
+
+
+def parse_with_extras(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    add_extra: Callable[[argparse.ArgumentParser], None],
+) -> tuple[TrainConfig, argparse.Namespace]:
+    """:func:`parse_args` for a command that adds its own flags with ``add_extra``.
+
+    Returns the validated config and a namespace of just the extra arguments.
+    Bad input (a config flag's or an extra's) exits with status 2, as in parse_args.
+    """
+    parser = build_parser(prog)
+    fields = {action.dest for action in parser._actions}
+    add_extra(parser)
+    args = vars(parser.parse_args(argv))
+    given = {k: v for k, v in args.items() if k in _HINTS and v is not None}
     recipe = given.get("recipe", TrainConfig.recipe)
-    if recipe not in RECIPES:
-        parser.error(
-            f"--recipe: unknown {recipe!r}{_suggest(recipe, list(RECIPES))}; "
-            f"choose from {', '.join(RECIPES)}"
-        )
-    values = {**RECIPES[recipe], **given, "recipe": recipe}
-    if "workdir" not in given:
-        values["workdir"] = f"runs/{recipe}"
     try:
-        return from_dict(values)
+        config = from_dict({**RECIPES.get(recipe, {}), "workdir": f"runs/{recipe}", **given})
     except ConfigError as err:
-        parser.error(f"--{str(err).split(':', 1)[0].replace('_', '-')}:{str(err).split(':', 1)[1]}")
-    raise AssertionError("unreachable")
+        field, _, rest = str(err).partition(":")
+        parser.error("--" + field.replace("_", "-").replace("/", "/--") + ":" + rest)
+    return config, argparse.Namespace(**{k: v for k, v in args.items() if k not in fields})
