@@ -6,18 +6,23 @@ The Flax modules carry the official module names (``features.conv0``,
 plus a layout change: conv weights OIHW → HWIO, linear weights (out, in) →
 (in, out). Loading never unpickles arbitrary objects: ``.npz`` files are read
 with ``allow_pickle=False`` and ``.pth`` files with ``torch.load(weights_only=True)``.
+Weights with NaN/Inf values or negative BatchNorm running variances are refused
+(:class:`CheckpointError`, naming the keys): they would only produce NaN logits later.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sparsenet_jax.models import SparseNet
 
 # Flax leaf name → PyTorch parameter/buffer name, per collection.
 _LEAF_NAMES = {
@@ -29,6 +34,11 @@ _LEAF_NAMES = {
 }
 # Buffers the official model has and Flax does not need.
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
+_MAX_LISTED = 10  # keys named in an error message
+
+
+class CheckpointError(ValueError):
+    """A weights file or state_dict that cannot be used; the message names the file or keys."""
 
 
 def torch_name(collection: str, path: tuple[str, ...]) -> str:
@@ -56,7 +66,7 @@ def _to_flax_layout(array: np.ndarray, target_ndim: int) -> np.ndarray:
 
 
 def from_torch_state_dict(
-    model: nn.Module,
+    model: SparseNet,
     state_dict: Mapping[str, Any],
     input_shape: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
@@ -66,26 +76,27 @@ def from_torch_state_dict(
       model: a module from :func:`sparsenet_jax.create_model` whose layout
         matches the checkpoint.
       state_dict: official names → arrays (numpy arrays or torch tensors).
-      input_shape: NHWC shape used to trace ``model`` (default 1×32×32 for the
-        CIFAR stem, 1×224×224 for the ImageNet one).
+      input_shape: NHWC shape used to trace ``model`` (default
+        ``model.default_input_shape``).
 
     Returns:
       ``{"params": ..., "batch_stats": ...}`` with the model's dtypes.
 
     Raises:
       ValueError: listing every missing, unexpected or mis-shaped key.
+      CheckpointError: naming the keys with NaN/Inf values or negative running variances.
     """
     if input_shape is None:
-        size = 224 if getattr(model, "stem", "cifar") == "imagenet" else 32
-        input_shape = (1, size, size, getattr(model, "in_channels", 3))
+        input_shape = model.default_input_shape
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32))
     )
     source = {
-        _strip_wrapper_prefix(k): v
+        _strip_wrapper_prefix(k): _to_numpy(v)
         for k, v in state_dict.items()
         if not k.endswith(_IGNORED_SUFFIXES)
     }
+    check_weights(source, "the state_dict")
     used: set[str] = set()
     missing: list[str] = []
     misshaped: list[str] = []
@@ -99,10 +110,10 @@ def from_torch_state_dict(
                 missing.append(key)
                 continue
             used.add(key)
-            array = _to_flax_layout(_to_numpy(source[key]), len(target.shape))
+            array = _to_flax_layout(source[key], len(target.shape))
             if tuple(array.shape) != tuple(target.shape):
                 misshaped.append(
-                    f"{key}: checkpoint {tuple(_to_numpy(source[key]).shape)} → "
+                    f"{key}: checkpoint {tuple(source[key].shape)} → "
                     f"{tuple(array.shape)}, model expects {tuple(target.shape)}"
                 )
                 continue
@@ -147,6 +158,41 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
     return tree
 
 
+def check_weights(arrays: Mapping[str, np.ndarray], where: str) -> None:
+    """Refuse NaN/Inf values and negative BatchNorm running variances.
+
+    Args:
+      arrays: state_dict names → numpy arrays.
+      where: what they came from, for the message (a file name).
+
+    Raises:
+      CheckpointError: naming the offending keys.
+    """
+    nonfinite = [
+        k
+        for k, a in arrays.items()
+        if jnp.issubdtype(a.dtype, jnp.inexact) and not np.isfinite(a).all()
+    ]
+    negative = [
+        k
+        for k, a in arrays.items()
+        if k.endswith("running_var") and k not in nonfinite and (np.asarray(a) < 0).any()
+    ]
+    problems = []
+    for title, keys in (
+        ("NaN or Inf values", nonfinite),
+        ("negative BatchNorm running variances", negative),
+    ):
+        if keys:
+            more = f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+            problems.append(f"{title} in {', '.join(keys[:_MAX_LISTED])}{more}")
+    if problems:
+        raise CheckpointError(
+            f"refusing the weights of {where}: {'; '.join(problems)} "
+            "(a diverged or corrupted training run?)"
+        )
+
+
 def load_state_dict(path: str | os.PathLike[str], prefix: str = "") -> dict[str, np.ndarray]:
     """Read a state_dict from ``.npz`` or ``.pth``/``.pt`` without running code from the file.
 
@@ -157,13 +203,17 @@ def load_state_dict(path: str | os.PathLike[str], prefix: str = "") -> dict[str,
 
     Returns:
       Names → numpy arrays.
+
+    Raises:
+      FileNotFoundError: no such file.
+      CheckpointError: an unreadable file (truncated, not a zip archive, pickled
+        objects), or weights refused by :func:`check_weights`.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such checkpoint: {path}")
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
-            raw: dict[str, Any] = {k: data[k] for k in data.files}
+        raw: dict[str, Any] = _load_npz(path)
     elif path.endswith((".pth", ".pt")):
         raw = _load_torch(path)
     else:
@@ -172,7 +222,31 @@ def load_state_dict(path: str | os.PathLike[str], prefix: str = "") -> dict[str,
         raw = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
         if not raw:
             raise ValueError(f"no keys start with {prefix!r} in {path}")
-    return {k: _to_numpy(v) for k, v in raw.items()}
+    arrays = {k: _to_numpy(v) for k, v in raw.items()}
+    check_weights(arrays, path)
+    return arrays
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a readable .npz file: not a zip archive, or truncated "
+            "(its end, the archive's directory, is missing)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except ValueError as err:
+        if "pickle" in str(err):
+            raise CheckpointError(
+                f"refusing to load {path}: it holds pickled Python objects ({err})"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable .npz file: {err}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable .npz file (corrupt or truncated): "
+            f"{type(err).__name__}: {err}"
+        ) from None
 
 
 def _load_torch(path: str) -> dict[str, Any]:
@@ -198,7 +272,35 @@ def _load_torch(path: str) -> dict[str, Any]:
 
 
 def load_pretrained(
-    model: nn.Module, path: str | os.PathLike[str], prefix: str = ""
+    model: SparseNet,
+    path: str | os.PathLike[str],
+    prefix: str = "",
+    *,
+    num_classes: int | None = None,
+    seed: int | jax.Array = 0,
 ) -> dict[str, Any]:
-    """:func:`load_state_dict` then :func:`from_torch_state_dict`."""
-    return from_torch_state_dict(model, load_state_dict(path, prefix=prefix))
+    """:func:`load_state_dict` then :func:`from_torch_state_dict`; optionally a new classifier.
+
+    Args:
+      model: the checkpoint's network.
+      path: the ``.npz`` or ``.pth`` file.
+      prefix: see :func:`load_state_dict`.
+      num_classes: for fine-tuning: return variables for
+        ``model.clone(num_classes=num_classes)``: every weight of the file but the
+        classifier, which is freshly initialised from ``seed`` (logged; see
+        :func:`sparsenet_jax.finetune.adapt_num_classes`). The checkpoint's own
+        number of classes is read from the file.
+
+    Returns:
+      ``{"params": ..., "batch_stats": ...}``.
+    """
+    state_dict = load_state_dict(path, prefix=prefix)
+    if num_classes is None:
+        return from_torch_state_dict(model, state_dict)
+    from sparsenet_jax.finetune import adapt_num_classes
+
+    source = {_strip_wrapper_prefix(k): v for k, v in state_dict.items()}
+    bias = source.get(torch_name("params", ("classifier", "bias")))
+    source_classes = model.num_classes if bias is None else int(bias.shape[0])
+    variables = from_torch_state_dict(model.clone(num_classes=source_classes), state_dict)
+    return adapt_num_classes(model.clone(num_classes=num_classes), variables, seed)

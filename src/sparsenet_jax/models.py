@@ -121,9 +121,53 @@ class SparseNet(nn.Module):
         """Smallest height/width the downsampling layers accept."""
         return 2 ** (len(self.block_sizes) - 1) * (4 if self.stem == "imagenet" else 1)
 
-    @nn.compact
+    @property
+    def default_input_size(self) -> int:
+        """Height = width of the images the stem is built for: 224 (ImageNet stem) or 32."""
+        return 224 if self.stem == "imagenet" else 32
+
+    @property
+    def default_input_shape(self) -> tuple[int, int, int, int]:
+        """One image of :attr:`default_input_size`, NHWC: a sample input for ``init``."""
+        size = self.default_input_size
+        return (1, size, size, self.in_channels)
+
+    def feature_info(self) -> list[dict[str, Any]]:
+        """Per block: ``num_chs`` (channels), ``reduction`` (input size / map size), ``module``.
+
+        Describes the maps :meth:`feature_maps` returns, in the same order.
+        """
+        first = 4 if self.stem == "imagenet" else 1
+        return [
+            {"num_chs": out, "reduction": first * 2**i, "module": f"dense-stage-{i}"}
+            for i, (_, out) in enumerate(self.block_widths())
+        ]
+
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Logits (float32) for a batch of NHWC images."""
+        """Logits (float32) for a batch of NHWC float images."""
+        return self._forward(x, train, "logits")  # type: ignore[return-value]
+
+    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Pre-logit features (N, C): after the head's BN, ReLU and global pool, before the dense layer.
+
+        ``model.apply(variables, x, method=SparseNet.features)``; the classifier
+        applied to them gives the logits.
+        """
+        return self._forward(x, train, "features")  # type: ignore[return-value]
+
+    def feature_maps(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
+        """Each block's output map (NHWC), for detection or segmentation heads.
+
+        ``model.apply(variables, x, method=SparseNet.feature_maps)``. Map ``i`` is
+        block ``i``'s output before the next transition (the last one before the
+        head's BN and ReLU); :meth:`feature_info` gives their channels and strides.
+        """
+        return self._forward(x, train, "maps")  # type: ignore[return-value]
+
+    @nn.compact
+    def _forward(
+        self, x: jax.Array, train: bool, output: Literal["logits", "features", "maps"]
+    ) -> jax.Array | list[jax.Array]:
         self._check_input(x)
         conv = make_conv(self.dtype, self.param_dtype, self.pointwise_as_dot)
         norm = make_norm(train, self.dtype, self.param_dtype)
@@ -137,6 +181,7 @@ class SparseNet(nn.Module):
         else:
             x = conv(self.stem_width, (3, 3), padding=1, name="conv0")(x)
 
+        maps = []
         for i, (size, growth) in enumerate(zip(self.block_sizes, self.growth_rates, strict=True)):
             if i > 0:
                 x = Transition(
@@ -157,9 +202,14 @@ class SparseNet(nn.Module):
                 remat=self.remat,
                 name=f"dense-stage-{i}",
             )(x, train)
+            maps.append(x)
+        if output == "maps":
+            return maps
 
         x = nn.relu(norm(name="norm_last")(x))
         x = jnp.mean(x, axis=(1, 2))
+        if output == "features":
+            return x
         x = nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="classifier"
         )(x)
@@ -180,6 +230,23 @@ class SparseNet(nn.Module):
                 f"images of {x.shape[1]}×{x.shape[2]} are too small for this network: "
                 f"it needs at least {self.min_input_size}×{self.min_input_size}"
             )
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(
+                f"expected float images, got {x.dtype}: normalise raw pixels first, "
+                f"x = (images / 255 - mean) / std per channel, with the training data's "
+                f"statistics ({self._normalisation_stats()}; "
+                f"sparsenet_jax.pretrained_cfg(name) has them per preset)"
+            )
+
+    def _normalisation_stats(self) -> str:
+        from sparsenet_jax.data import dataset_info  # only on this error path
+
+        names = ("imagenet2012",) if self.stem == "imagenet" else ("cifar10", "cifar100", "digits")
+        infos = [dataset_info(n) for n in names]
+        stats = [
+            f"{i.name}: mean {i.mean}, std {i.std}" for i in infos if i.channels == self.in_channels
+        ]
+        return "; ".join(stats) or "compute them on your training images"
 
 
 def _is_int(value: Any) -> bool:
@@ -261,14 +328,13 @@ def init_variables(
     Args:
       model: the network.
       seed: an integer seed or a PRNG key.
-      input_shape: NHWC shape to trace with (default: one image of
-        ``model.min_input_size``-compatible size, 32 or 224).
+      input_shape: NHWC shape to trace with (default
+        ``model.default_input_shape``: one 32×32 or 224×224 image).
 
     Returns:
       ``{"params": ..., "batch_stats": ...}``.
     """
     if input_shape is None:
-        size = 224 if model.stem == "imagenet" else 32
-        input_shape = (1, size, size, model.in_channels)
+        input_shape = model.default_input_shape
     key = jax.random.key(seed, impl="rbg") if isinstance(seed, int) else seed
     return jax.jit(model.init)(key, jnp.zeros(tuple(input_shape), jnp.float32))

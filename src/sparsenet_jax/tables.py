@@ -28,8 +28,9 @@ def count_preset_params(name: str, num_classes: int, exact: bool = True) -> int:
 
     from sparsenet_jax import count_params
 
-    size = 224 if model.stem == "imagenet" else 32
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros(model.default_input_shape))
+    )
     return count_params(shapes)
 
 
