@@ -215,7 +215,10 @@ class Checkpoints:
         for step in kept:
             manifest = self.sums / f"{step}.json"
             if not manifest.exists() and (self.folder / step).is_dir():
-                write_atomic(manifest, json.dumps(_digest(self.folder / step), indent=0))
+                try:
+                    write_atomic(manifest, json.dumps(_digest(self.folder / step), indent=0))
+                except OSError as err:  # the checkpoint itself is complete; it stays usable
+                    warn(f"could not write the checksums of checkpoint {step} ({err.strerror})")
 
     def last_saved_note(self) -> str:
         with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sparsenet_jax.arithmetic import expected_params
 from sparsenet_jax.build import Run
 from sparsenet_jax.errors import TrainingError
 
@@ -72,21 +73,42 @@ def device_capacity(device: jax.Device) -> int | None:
     return None
 
 
-def check_fits(run: Run) -> MemoryEstimate:
+def check_fits(run: Run) -> MemoryEstimate | None:
     """Refuse a run whose train step cannot fit in a device's memory.
+
+    First a lower bound from the parameter arithmetic alone (parameters,
+    gradients and momentum in float32), which refuses a huge network at once;
+    then the estimate with activations, from traced shapes.
+
+    Returns:
+      The estimate, or None when the device's capacity is unknown.
 
     Raises:
       TrainingError: naming the parameter count, the estimate and the capacity.
     """
-    need = estimate(run)
     device = run.mesh.devices.flat[0]
     capacity = device_capacity(device)
-    if capacity is not None and need.total_bytes > capacity:
-        raise TrainingError(
-            f"{run.config.model} has {need.num_params:,} parameters: a train step needs an "
-            f"estimated {need.total_bytes / GiB:.1f} GiB per device (state "
-            f"{need.state_bytes / GiB:.1f}, gradients {need.grad_bytes / GiB:.1f}, activations "
-            f"{need.activation_bytes / GiB:.1f}), more than the {capacity / GiB:.1f} GiB of "
-            f"{device.platform} memory; choose a smaller model or --batch-size"
+    if capacity is None:
+        return None
+    num_params = expected_params(run.model)
+    at_least = 3 * 4 * num_params
+    if at_least > capacity:
+        raise _too_big(run, num_params, f"at least {at_least / GiB:.1f} GiB", capacity, device)
+    need = estimate(run)
+    if need.total_bytes > capacity:
+        detail = (
+            f"an estimated {need.total_bytes / GiB:.1f} GiB (state {need.state_bytes / GiB:.1f}, "
+            f"gradients {need.grad_bytes / GiB:.1f}, activations {need.activation_bytes / GiB:.1f})"
         )
+        raise _too_big(run, need.num_params, detail, capacity, device)
     return need
+
+
+def _too_big(
+    run: Run, num_params: int, need: str, capacity: int, device: jax.Device
+) -> TrainingError:
+    return TrainingError(
+        f"{run.config.model} has {num_params:,} parameters: a train step needs {need} per "
+        f"device, more than the {capacity / GiB:.1f} GiB of {device.platform} memory; "
+        "choose a smaller model or --batch-size"
+    )

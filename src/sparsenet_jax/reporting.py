@@ -176,3 +176,37 @@ def summarise(
         record[key] = float(np.mean([v[key] for v in values]))
     record["lr"] = float(lr(step - 1))
     return record
+
+
+_COMPILE = {"seconds": 0.0, "cache_hits": 0}
+
+
+def _on_duration(event: str, seconds: float, **kwargs: Any) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILE["seconds"] += seconds
+
+
+def _on_event(event: str, **kwargs: Any) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _COMPILE["cache_hits"] += 1
+
+
+class CompileClock:
+    """Seconds spent in XLA compilation (a persistent-cache hit counts its read) since creation."""
+
+    _listening = False
+
+    def __init__(self) -> None:
+        if not CompileClock._listening:
+            jax.monitoring.register_event_duration_secs_listener(_on_duration)
+            jax.monitoring.register_event_listener(_on_event)
+            CompileClock._listening = True
+        self._start = dict(_COMPILE)
+
+    @property
+    def seconds(self) -> float:
+        return _COMPILE["seconds"] - self._start["seconds"]
+
+    @property
+    def cache_hits(self) -> int:
+        return int(_COMPILE["cache_hits"] - self._start["cache_hits"])

@@ -30,7 +30,14 @@ from sparsenet_jax.build import Run, build_run
 from sparsenet_jax.checkpoints import Checkpoints
 from sparsenet_jax.config import TrainConfig
 from sparsenet_jax.errors import TrainingError
-from sparsenet_jax.reporting import MetricsWriter, Progress, Record, StepTimer, best_so_far
+from sparsenet_jax.reporting import (
+    CompileClock,
+    MetricsWriter,
+    Progress,
+    Record,
+    StepTimer,
+    best_so_far,
+)
 from sparsenet_jax.signals import StopSignals
 from sparsenet_jax.workdir import WorkdirLock, check_config
 
@@ -47,6 +54,7 @@ class RunResult:
     num_params: int
     wall_time_s: float
     stopped_by: str = ""  # the signal's name ("SIGTERM", "SIGINT") if one stopped the run
+    compile_s: float = 0.0  # XLA compilation, or reading it from the persistent cache
     last_test: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
@@ -193,7 +201,7 @@ def train_and_evaluate(
       TrainingError: the run cannot start or go on (busy or mismatched workdir,
         too little memory, non-finite values, a failed save).
     """
-    start = time.time()
+    start, compile_clock = time.time(), CompileClock()
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir), contextlib.ExitStack() as stack:
@@ -213,6 +221,11 @@ def train_and_evaluate(
             jax.process_count(),
         )
         final_step, stopped_by = loop.train()
+    log.info(
+        "compilation: %.1f s (%d programs from the persistent cache)",
+        compile_clock.seconds,
+        compile_clock.cache_hits,
+    )
     return RunResult(
         final_step=final_step,
         best_test_accuracy=None if loop.best is None else loop.best[0],
@@ -221,6 +234,7 @@ def train_and_evaluate(
         wall_time_s=time.time() - start,
         stopped_by=stopped_by,
         last_test=loop.last_test,
+        compile_s=compile_clock.seconds,
     )
 
 

@@ -5,10 +5,10 @@ and its history, and atomic replacement of anything rewritten.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -25,11 +25,14 @@ from sparsenet_jax.errors import TrainingError
 def write_atomic(path: pathlib.Path, text: str) -> None:
     """Replace ``path`` with ``text``: a kill at any moment leaves the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class WorkdirLock:
@@ -123,10 +126,12 @@ def check_config(workdir: pathlib.Path, config: TrainConfig) -> None:
     identity = set(config_lib.IDENTITY_FIELDS)
     mismatched = [k for k in sorted(identity) if saved.get(k) != mine.get(k)]
     if mismatched:
-        diff = ", ".join(f"{k}: saved {saved.get(k)!r}, asked {mine[k]!r}" for k in mismatched)
+        diff = ", ".join(
+            f"{k}: workdir has {saved.get(k)!r}, asked {mine[k]!r}" for k in mismatched
+        )
         raise TrainingError(
-            f"{workdir} holds a run with other settings ({diff}); resume with the saved "
-            "values or use a new --workdir"
+            f"{workdir} holds a run of another configuration ({diff}); these settings fix "
+            "what a step means: resume with the saved values or use a new --workdir"
         )
     _record_changes(workdir, _effective(workdir, saved), mine)
 
@@ -150,19 +155,29 @@ def _effective(workdir: pathlib.Path, saved: dict[str, Any]) -> dict[str, Any]:
     return effective
 
 
-_NOT_RECORDED = frozenset({"workdir", "progress", "compilation_cache_dir", "data_dir"})
+# Where and how a run is watched, not what it computes.
+_NOT_RECORDED = frozenset(
+    {
+        "workdir",
+        "progress",
+        "compilation_cache_dir",
+        "data_dir",
+        "distributed",
+        "coordinator_address",
+        "num_processes",
+        "process_id",
+    }
+)
 
 
 def _record_changes(workdir: pathlib.Path, before: dict[str, Any], now: dict[str, Any]) -> None:
     changed = {
         k: [before.get(k), v]
         for k, v in now.items()
-        if before.get(k) != v and k not in _NOT_RECORDED and not k.startswith(("distributed",))
+        if before.get(k) != v and k not in _NOT_RECORDED
     }
     if not changed or jax.process_index() != 0:
         return
-    import logging
-
     logging.getLogger("sparsenet_jax.train").info(
         "resuming with changed settings: %s",
         ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()),
@@ -170,8 +185,3 @@ def _record_changes(workdir: pathlib.Path, before: dict[str, Any], now: dict[str
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changed}
     with (workdir / "config_history.jsonl").open("a") as f:
         f.write(json.dumps(entry) + "\n")
-
-
-def resolved(config: TrainConfig, dtype: str) -> TrainConfig:
-    """``config`` with the dtype the run actually uses (``auto`` resolved)."""
-    return dataclasses.replace(config, dtype=dtype)
