@@ -6,7 +6,7 @@
 Each cycle starts ``python -m sparsenet_jax.train --recipe digits`` on the same
 workdir (the recipe's 20-epoch end lifted, so that ``--max-steps`` decides);
 odd cycles run to their ``--max-steps``, even ones are stopped by SIGTERM (the
-preemption path: save, exit 0). Every cycle must resume from the step the
+preemption path: save, exit 143). Every cycle must resume from the step the
 previous one saved, and reach its own. While a cycle trains, the script
 samples the training process's resident memory (``VmRSS``), open file
 descriptors (``/proc/PID/fd``) and threads, and reads the step it is at from
@@ -169,7 +169,8 @@ def run_cycle(
         sampler.stop.set()
         sampler.join()
     text = log_path.read_text()
-    if proc.returncode != 0:
+    expected = 128 + signal.SIGTERM if sigterm else 0  # a stopped run must not exit 0
+    if proc.returncode != expected:
         raise SystemExit(f"cycle {index} exited {proc.returncode}; see {log_path}:\n{text[-2000:]}")
     if start and f"resumed from step {start}" not in text:
         raise SystemExit(f"cycle {index} did not resume from step {start}; see {log_path}")
