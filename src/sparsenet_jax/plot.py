@@ -1,4 +1,4 @@
-"""Figures: the connection schedule of a block, and training curves.
+"""Figures: the connection schedule of a block (here), and training curves (from :mod:`~sparsenet_jax.curves`).
 
 * :func:`connectivity_matrix` — which earlier output each layer reads, as a 0/1 array.
 * :func:`plot_schedule` — dense and sparse schedules side by side as heat maps
@@ -20,26 +20,24 @@ output format follows the file extension: ``.png``, ``.svg`` or ``.pdf``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
+from sparsenet_jax.curves import load_metrics, plot_curves
+from sparsenet_jax.figures import new_figure, output_path, save
 from sparsenet_jax.schedule import Schedule
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 __all__ = ["connectivity_matrix", "load_metrics", "main", "plot_curves", "plot_schedule"]
 
-METRICS_FILE = "metrics.jsonl"
-FORMATS = (".png", ".svg", ".pdf")
 
 # Schedule heat map: empty cell, a layer reads it, the block output reads it.
 _EMPTY, _LAYER, _OUTPUT = "#f4f4f4", "#1f4e79", "#d95f02"
@@ -67,30 +65,6 @@ def connectivity_matrix(schedule: Schedule, num_layers: int) -> np.ndarray:
         matrix[layer, list(schedule.inputs(layer))] = 1
     matrix[n + 1, list(schedule.block_output(n))] = 1
     return matrix
-
-
-def _output_path(path: str | Path) -> Path:
-    out = Path(path)
-    if out.suffix.lower() not in FORMATS:
-        raise ValueError(
-            f"cannot tell the figure format from {str(out)!r}: use one of {', '.join(FORMATS)}"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, format=path.suffix.lower()[1:], dpi=150, bbox_inches="tight")
-    return path
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _schedule_title(schedule: Schedule) -> str:
@@ -165,10 +139,10 @@ def plot_schedule(
     if not kinds:
         raise ValueError("kinds must name at least one schedule kind")
     schedules = [Schedule(kind, base) for kind in kinds]  # type: ignore[arg-type]
-    out = _output_path(path)
+    out = output_path(path)
 
     side = min(7.0, max(3.2, 0.26 * (num_layers + 1) + 1.4))
-    fig = _new_figure(side * len(schedules) + 0.4, side + 0.9)
+    fig = new_figure(side * len(schedules) + 0.4, side + 0.9)
     axes = fig.subplots(1, len(schedules), squeeze=False)[0]
     for ax, schedule in zip(axes, schedules, strict=True):
         _draw_schedule(ax, schedule, num_layers)
@@ -184,140 +158,7 @@ def plot_schedule(
         frameon=False,
         fontsize=9,
     )
-    return _save(fig, out)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def load_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``WORKDIR/metrics.jsonl``, one JSON object per line.
-
-    A usable record is an object with a string ``"split"`` and a numeric ``"epoch"``
-    or ``"step"``. Blank lines are ignored; any other line that is not a usable record
-    is skipped with a :class:`UserWarning` naming the file and line.
-
-    Raises:
-      FileNotFoundError: the workdir has no ``metrics.jsonl``.
-    """
-    file = Path(workdir) / METRICS_FILE
-    if not file.is_file():
-        raise FileNotFoundError(f"no {METRICS_FILE} in {str(workdir)!r} (looked for {file})")
-    records = []
-    with file.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                warnings.warn(f"{file}:{number}: skipped, not JSON ({e.msg})", stacklevel=2)
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get("split"), str):
-                warnings.warn(f"{file}:{number}: skipped, no string 'split'", stacklevel=2)
-                continue
-            if not (_is_number(record.get("epoch")) or _is_number(record.get("step"))):
-                warnings.warn(
-                    f"{file}:{number}: skipped, no numeric 'epoch' or 'step'", stacklevel=2
-                )
-                continue
-            records.append(record)
-    return records
-
-
-_SPLIT_STYLE: dict[str, dict[str, Any]] = {
-    "train": {"linestyle": "-", "alpha": 0.85},
-    "test": {"linestyle": "--"},
-}
-
-
-def plot_curves(
-    path: str | Path,
-    workdirs: Sequence[str | Path],
-    labels: Sequence[str] | None = None,
-) -> Path:
-    """Plot loss and accuracy against epoch for one or more training runs.
-
-    Reads ``WORKDIR/metrics.jsonl`` of each run (see :func:`load_metrics`). Left panel
-    loss, right panel accuracy; one colour per run, solid lines for train and dashed
-    with markers for test (other splits dotted). If no record has an ``"epoch"``,
-    ``"step"`` is the x axis instead.
-
-    Args:
-      path: output file; ``.png``, ``.svg`` or ``.pdf`` picks the format.
-      workdirs: run directories.
-      labels: legend label per run; default each workdir's name.
-
-    Returns:
-      The path written.
-
-    Raises:
-      FileNotFoundError: a workdir has no ``metrics.jsonl``.
-      ValueError: no usable records in any run, or ``labels`` of the wrong length.
-    """
-    if isinstance(workdirs, str | Path):
-        workdirs = [workdirs]
-    if not workdirs:
-        raise ValueError("give at least one workdir")
-    if labels is None:
-        labels = [Path(w).resolve().name or str(w) for w in workdirs]
-    if len(labels) != len(workdirs):
-        raise ValueError(f"got {len(labels)} labels for {len(workdirs)} workdirs")
-    runs = [(label, load_metrics(w)) for label, w in zip(labels, workdirs, strict=True)]
-    if not any(records for _, records in runs):
-        raise ValueError(f"no usable records in {METRICS_FILE} of {', '.join(map(str, workdirs))}")
-    for (label, records), w in zip(runs, workdirs, strict=True):
-        if not records:
-            warnings.warn(f"run {label!r} ({w}) has no usable records", stacklevel=2)
-
-    out = _output_path(path)
-    all_records = [r for _, records in runs for r in records]
-    x_key = "epoch" if any(_is_number(r.get("epoch")) for r in all_records) else "step"
-    metrics = ["loss", "accuracy"]
-
-    fig = _new_figure(11.0, 4.4)
-    axes = fig.subplots(1, len(metrics))
-    colours = [f"C{i % 10}" for i in range(len(runs))]
-    for (label, records), colour in zip(runs, colours, strict=True):
-        splits = sorted({r["split"] for r in records}, key=lambda s: (s != "train", s != "test", s))
-        for split in splits:
-            rows = [r for r in records if r["split"] == split and _is_number(r.get(x_key))]
-            rows.sort(
-                key=lambda r: (r[x_key], r.get("step", 0) if _is_number(r.get("step")) else 0)
-            )
-            style = _SPLIT_STYLE.get(split, {"linestyle": ":"})
-            for ax, metric in zip(axes, metrics, strict=True):
-                pts = [(r[x_key], r[metric]) for r in rows if _is_number(r.get(metric))]
-                if not pts:
-                    continue
-                xs, ys = zip(*pts, strict=True)
-                marker = "o" if split != "train" and len(pts) <= 60 else None
-                ax.plot(
-                    xs,
-                    ys,
-                    color=colour,
-                    marker=marker,
-                    markersize=3.5,
-                    linewidth=1.4,
-                    label=f"{label} — {split}",
-                    **style,
-                )
-    for ax, metric in zip(axes, metrics, strict=True):
-        ax.set_xlabel(x_key)
-        ax.set_ylabel(metric)
-        ax.set_title(metric.capitalize())
-        ax.grid(True, alpha=0.3)
-        if not ax.lines:
-            ax.text(0.5, 0.5, f"no '{metric}' values", transform=ax.transAxes, ha="center")
-    legend: dict[str, Any] = {}  # label -> handle, from both panels, first seen wins
-    for ax in axes:
-        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(text, handle)
-    if legend:
-        axes[-1].legend(list(legend.values()), list(legend), fontsize=8, loc="best")
-    fig.suptitle("Training curves" if len(runs) == 1 else f"Training curves ({len(runs)} runs)")
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def _parser() -> argparse.ArgumentParser:
