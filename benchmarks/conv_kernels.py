@@ -15,14 +15,17 @@ of ``--repeats`` calls after a warm-up.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from machine import machine_info
+from timing import best_seconds
 
 # (kernel, input channels, output channels): 3×3 layers of a growth-24 plain
 # block at several input widths, and the 1×1 bottleneck of a BC unit.
@@ -34,14 +37,28 @@ def conv_flops(kernel: int, cin: int, cout: int, batch: int, size: int) -> int:
     return 2 * batch * size * size * kernel * kernel * cin * cout
 
 
-def best_seconds(run: Callable[[], Any], repeats: int) -> float:
-    run()  # compile / warm up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+def operands(
+    kernel: int, cin: int, cout: int, batch: int, size: int, layout: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input, kernel, output gradient), the same random values for both frameworks.
+
+    ``layout`` "NHWC" gives XLA's (x NHWC, w HWIO, g NHWC); "NCHW" PyTorch's
+    (x NCHW, w OIHW, g NCHW), the same tensors transposed.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, size, size, cin), np.float32)
+    w = rng.standard_normal((kernel, kernel, cin, cout), np.float32)
+    g = rng.standard_normal((batch, size, size, cout), np.float32)
+    if layout == "NCHW":
+        x, w, g = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), g.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x), np.ascontiguousarray(w), np.ascontiguousarray(g)
+
+
+def _block(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, waiting until JAX has computed it."""
+    import jax
+
+    return jax.block_until_ready(fn(*args))
 
 
 def jax_rates(
@@ -50,10 +67,7 @@ def jax_rates(
     import jax
     import jax.numpy as jnp
 
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((batch, size, size, cin), np.float32))
-    w = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout), np.float32))
-    g = jnp.asarray(rng.standard_normal((batch, size, size, cout), np.float32))
+    x, w, g = (jnp.asarray(a) for a in operands(kernel, cin, cout, batch, size, "NHWC"))
     pad = kernel // 2
 
     def conv(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -75,7 +89,7 @@ def jax_rates(
         }
         for product, compiled in products.items():
             args = (x, w) if product == "fwd" else (x, w, g)
-            seconds = best_seconds(lambda c=compiled, a=args: jax.block_until_ready(c(*a)), repeats)
+            seconds = best_seconds(functools.partial(_block, compiled, *args), repeats)
             rates[f"{label} {product}"] = flops / seconds / 1e9
     return rates
 
@@ -85,13 +99,10 @@ def torch_rates(
 ) -> dict[str, float]:
     import torch
 
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((batch, cin, size, size), np.float32))
-    w = torch.from_numpy(rng.standard_normal((cout, cin, kernel, kernel), np.float32))
-    g = torch.from_numpy(rng.standard_normal((batch, cout, size, size), np.float32))
+    x, w, g = (torch.from_numpy(a) for a in operands(kernel, cin, cout, batch, size, "NCHW"))
     pad = kernel // 2
     flops = conv_flops(kernel, cin, cout, batch, size)
-    conv_grad = torch.nn.grad
+    from torch.nn import grad as conv_grad
 
     def fwd() -> None:
         with torch.no_grad():
@@ -120,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     try:
         import torch
 
-        torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+        torch.set_num_threads(machine_info()["cores"])
         have_torch = not args.no_torch
     except ImportError:
         have_torch = False
@@ -134,9 +145,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     columns = [c for c in rows[0] if c not in ("kernel", "cin", "cout")]
     for row in rows[1:]:
         columns += [c for c in row if c not in columns and c not in ("kernel", "cin", "cout")]
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    from run import machine_info  # benchmarks/run.py
-
     info = machine_info()
     print(
         f"GFLOP/s, batch {args.batch}, {args.size}×{args.size}, float32, {info['cpu']}, "

@@ -1,7 +1,7 @@
 """A PyTorch eager peer of the CIFAR networks, for speed comparisons.
 
-Written from DESIGN.md §2 (NCHW, OIHW), independently of the JAX code: one
-network on two axes, schedule {dense, sparse} × aggregation {concat, sum}.
+Written from the papers' description (NCHW activations, OIHW kernels),
+independently of the JAX code: one network on two axes, schedule {dense, sparse} × aggregation {concat, sum}.
 
 * stem: 3×3 conv, no bias (2k channels for concat, the first stage width for sum);
 * blocks: units wired by the schedule. Concat: dense reads x_0 … x_{l-1} oldest

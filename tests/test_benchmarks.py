@@ -5,7 +5,7 @@ The peer tests skip when torch is absent (CI's default job does not install it).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import pathlib
 import sys
@@ -25,18 +25,11 @@ BENCH_DIR = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name: str) -> ModuleType:
-    """Import ``benchmarks/<name>.py`` (the folder is not a package)."""
+    """Import ``benchmarks/<name>.py``: the folder is not a package, its scripts import
+    each other by module name (and spawned measurement processes do too)."""
     if str(BENCH_DIR) not in sys.path:
         sys.path.insert(0, str(BENCH_DIR))
-    module_name = f"benchmarks_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, BENCH_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(name)
 
 
 def _jax_param_count(model: Any) -> int:
@@ -114,46 +107,98 @@ def test_peer_param_counts_equal_jax_for_default_presets() -> None:
 
 def test_peer_bench_smoke() -> None:
     pytest.importorskip("torch")
-    run = _load("run")
-    out = run.bench_torch("sparsenet-13-6", batch=8, repeats=1, steps_per_repeat=1, warmup=1)
+    torch_bench, timing = _load("torch_bench"), _load("timing")
+    out = torch_bench.bench_torch("sparsenet-13-6", batch=8, how=timing.Repeats(1, 1, 1))
     assert out["train_images_per_s"] > 0 and out["eval_images_per_s"] > 0
     assert out["params"] == _jax_param_count(sj.create_model("sparsenet-13-6"))
+    assert out["torch_counted_train_flops"] > 0
 
 
-def test_measurements_smoke() -> None:
-    """The JAX measurements on a tiny preset, in process; needs no torch."""
+def test_suite_in_process_writes_json_and_markdown(tmp_path) -> None:
+    """The whole CLI on a tiny preset, in process: our steps, a compile point, the files."""
     run = _load("run")
-    peak = run.matmul_peak(n=128, repeats=2)
-    assert peak["gflops"] > 0
-    ours = run.bench_jax("sparsenet-13-6", batch=8, repeats=1, steps_per_repeat=1, warmup=1)
-    assert ours["params"] == _jax_param_count(sj.create_model("sparsenet-13-6"))
+    argv = ["--presets", "sparsenet-13-6", "--batch", "8", "--repeats", "1", "--steps", "1"]
+    argv += ["--warmup", "1", "--peak-repeats", "1", "--no-peer", "--no-sweep"]
+    argv += ["--wait-idle", "0", "--compile-attempts", "1", "--in-process"]
+    results = run.main([*argv, "--out-dir", str(tmp_path), "--tag", "smoke"])
+    assert results["matmul_peak"]["gflops"] > 0
+    (row,) = results["presets"]
+    ours, point = row["jax"], row["compile"]
+    assert ours["params"] == point["params"] == _jax_param_count(sj.create_model("sparsenet-13-6"))
     assert ours["train_flops"] > ours["eval_flops"] > 0
     for key in ("train_images_per_s", "eval_images_per_s", "train_xla_peak_mib", "peak_rss_mib"):
         assert ours[key] > 0, key
-    point = run.compile_point("sparsenet-13-6", batch=8)
-    assert point["compile_s"] > 0 and point["units"] == 9
+    assert point["compile_s"] > 0 and point["units"] == 9 and point["schedule"] == "sparse"
+    # The compile point (abstract inputs) and the timed step (real inputs) are one step.
     assert point["train_flops"] == pytest.approx(ours["train_flops"])
+    assert results["config"]["dtype"] == "float32" and "uint8" in results["config"]["input"]
 
-    results = {
-        "date": "2000-01-01T00:00:00",
-        "command": "test",
-        "machine": run.machine_info(),
-        "versions": run.versions(),
-        "git": None,
-        "config": {
-            "batch": 8,
-            "repeats": 1,
-            "steps": 1,
-            "warmup": 1,
-            "peak_repeats": 2,
-            "model_kwargs": {},
-        },
-        "matmul_peak": peak,
-        "presets": [{"preset": "sparsenet-13-6", "jax": ours, "torch": None}],
-        "compile_sweep": [point],
-    }
-    table = run.to_markdown(results)
-    assert "| sparsenet-13-6 |" in table and "compile time against depth" in table
+    (json_path,) = tmp_path.glob("*-smoke.json")
+    assert json.loads(json_path.read_text()) == results
+    table = json_path.with_suffix(".md").read_text()
+    assert table == _load("report").to_markdown(results)
+    assert "| sparsenet-13-6 |" in table and "float32, uint8 images" in table
+    assert "PyTorch eager peer" not in table and "compile time against depth" not in table
+
+
+def test_fake_batches_are_what_the_trainer_compiles_for() -> None:
+    """The benchmarks feed ``build_run``'s steps the batches the input pipeline delivers."""
+    jax_bench = _load("jax_bench")
+    from sparsenet_jax.build import build_run
+
+    run = build_run(jax_bench.bench_config("sparsenet-13-6", 8, {"dropout_rate": 0.0}))
+    assert run.config.dataset == "cifar10" and run.config.eval_batch_size == 8
+    for train in (True, False):
+        batch, spec = jax_bench.fake_batch(run, train), run.abstract_batch(train)
+        assert batch.keys() == spec.keys()
+        for key, array in batch.items():
+            assert (array.shape, array.dtype) == (spec[key].shape, spec[key].dtype), key
+            assert array.sharding == spec[key].sharding, key
+    assert batch["image"].dtype == np.uint8
+
+
+def test_bench_config_takes_dtype_from_model_kwargs() -> None:
+    jax_bench, run = _load("jax_bench"), _load("run")
+    config = jax_bench.bench_config("sparsenet-13-6", 16, {"dtype": "bfloat16", "remat": True})
+    assert (config.dtype, config.model_kwargs) == ("bfloat16", {"remat": True})
+    assert (config.batch_size, config.eval_batch_size) == (16, 16)
+    assert jax_bench.bench_config("sparsenet-13-6", 16).dtype == "float32"  # not "auto"
+    with pytest.raises(SystemExit, match="model_kwargs: unknown key 'remta'"):
+        run.check_names(["sparsenet-13-6"], 16, {"remta": True})
+    with pytest.raises(SystemExit, match="model"):
+        run.check_names(["sparsenet-41-24"], 16, {})
+
+
+@pytest.mark.parametrize(
+    "stem",
+    sorted(
+        p.stem
+        for p in (BENCH_DIR / "results").glob("*.json")
+        if p.with_suffix(".md").exists() and not p.name.startswith("tpu-")
+    ),
+)
+def test_report_renders_the_recorded_results_unchanged(stem: str) -> None:
+    """Result files of earlier versions still render, to the markdown written with them."""
+    report = _load("report")
+    results = json.loads((BENCH_DIR / "results" / f"{stem}.json").read_text())
+    assert report.to_markdown(results) == (BENCH_DIR / "results" / f"{stem}.md").read_text()
+
+
+def test_run_isolated_returns_the_result_or_the_error() -> None:
+    timing, machine = _load("timing"), _load("machine")
+    assert timing.run_isolated(machine.machine_slug, {"cpu": "AMD EPYC", "cores": 2}) == (
+        "amd-epyc-2c"
+    )
+    assert timing.run_isolated(machine.machine_slug, {}) == {"error": "KeyError: 'cpu'"}
+
+
+def test_time_repeats_discards_nothing_without_a_threshold() -> None:
+    timing = _load("timing")
+    calls = []
+    out = timing.Repeats(warmup=2, repeats=3, steps=2).time(lambda: calls.append(1))
+    assert len(calls) == 2 + 3 * 2
+    assert len(out["repeats_s"]) == 3 and out["discarded_repeats"] == 0
+    assert out["median_s"] == sorted(out["repeats_s"])[1]
 
 
 def test_parse_args_quick_and_kwargs() -> None:
