@@ -201,3 +201,24 @@ def test_help_lists_every_field():
     text = build_parser().format_help()
     for field in dataclasses.fields(TrainConfig):
         assert "--" + field.name.replace("_", "-") in text
+
+
+def _compilation(stderr: str) -> tuple[float, int]:
+    """(seconds, programs read from the cache) from the run's "compilation:" log line."""
+    line = next(x for x in stderr.splitlines() if x.startswith("compilation: "))
+    seconds = float(line.split()[1])
+    return seconds, int(line.split("(")[1].split()[0])
+
+
+@pytest.mark.slow
+def test_a_second_start_reads_the_compilation_cache(tmp_path):
+    cache = tmp_path / "cache"
+    args = ("--max-steps", "4", "--compilation-cache-dir", str(cache))
+    first = run_train(tmp_path / "a", *args)
+    second = run_train(tmp_path / "b", *args)  # a new workdir: the same programs, not a resume
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    (first_s, first_hits), (second_s, second_hits) = map(
+        _compilation, (first.stderr, second.stderr)
+    )
+    assert first_hits == 0 and second_hits >= 2  # the train and eval steps at least
+    assert second_s <= 0.2 * first_s, (first_s, second_s)

@@ -94,6 +94,7 @@ class Checkpoints:
         self.quarantine = workdir.absolute() / "checkpoints_unreadable"
         self.options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self.manager: Any = None
+        self.failed = False  # a save failed and was reported
 
     def _open(self) -> None:
         if self.manager is not None:
@@ -221,6 +222,9 @@ class Checkpoints:
                     warn(f"could not write the checksums of checkpoint {step} ({err.strerror})")
 
     def last_saved_note(self) -> str:
+        """Where the run can be resumed from, for error messages."""
+        if self.manager is None:
+            self._open()
         with contextlib.suppress(Exception):
             self.manager.wait_until_finished()
         saved = self.manager.latest_step()
@@ -241,9 +245,16 @@ class Checkpoints:
         except OSError:  # the folder itself is gone (a lost mount)
             done = []
         kept = f"the last complete checkpoint is step {done[-1]}" if done else "none was completed"
+        self.failed = True
         return TrainingError(f"could not save a checkpoint in {self.folder}: {reason} ({kept})")
 
     def close(self) -> None:
-        if self.manager is not None:
-            self.manager.close()
-            self.manager = None
+        """Close the manager; a write error it raises again after a reported failure is dropped."""
+        manager, self.manager = self.manager, None
+        if manager is None:
+            return
+        try:
+            manager.close()
+        except Exception as err:
+            if not self.failed:
+                raise self._save_failed(err) from err
