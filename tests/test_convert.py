@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import logging
+import re
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,3 +120,80 @@ def test_npz_with_pickled_object_is_refused(tmp_path):
     np.savez(tmp_path / "evil.npz", payload=np.array([object()], dtype=object))
     with pytest.raises(ValueError, match="pickle"):
         convert.load_state_dict(tmp_path / "evil.npz")
+
+
+# ---------------------------------------------------------------------------
+# Weights that cannot work are refused, naming the keys or the file
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("features.conv0.weight", np.nan, "NaN or Inf values in features.conv0.weight"),
+        ("classifier.linear.bias", np.inf, "NaN or Inf values in classifier.linear.bias"),
+        (
+            "features.norm_last.running_var",
+            -1.0,
+            "negative BatchNorm running variances in features.norm_last.running_var",
+        ),
+    ],
+)
+def test_nonfinite_or_negative_variance_weights_are_refused(tmp_path, key, value, message):
+    sd = _state_dict(load_reference("tiny_densenet_d13_k6_c10.npz"))
+    sd[key] = sd[key].copy()
+    sd[key].flat[1] = value
+    model = sj.create_model("densenet-13-6")
+    with pytest.raises(convert.CheckpointError, match=re.escape(message)):
+        convert.from_torch_state_dict(model, sd)
+    np.savez(tmp_path / "bad.npz", **sd)
+    for load in (convert.load_state_dict, lambda p: convert.load_pretrained(model, p)):
+        with pytest.raises(ValueError, match=re.escape(message)) as err:
+            load(tmp_path / "bad.npz")
+        assert str(tmp_path / "bad.npz") in str(err.value)
+
+
+def test_every_bad_key_is_named():
+    sd = _state_dict(load_reference("tiny_densenet_d13_k6_c10.npz"))
+    bad = sorted(k for k in sd if k.endswith("running_var"))
+    for key in bad:
+        sd[key] = -sd[key]
+    with pytest.raises(convert.CheckpointError) as err:
+        convert.check_weights(sd, "x")
+    assert f"and {len(bad) - convert._MAX_LISTED} more" in str(err.value)
+    assert all(k in str(err.value) for k in bad[: convert._MAX_LISTED])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_zip", "empty", "corrupt_member"])
+def test_unreadable_npz_is_one_error_naming_the_file(tmp_path, damage):
+    path = tmp_path / "weights.npz"
+    np.savez_compressed(path, **{"a": np.arange(4096, dtype=np.float32)})
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "not_zip":
+        path.write_text("<html>404 Not Found</html>")
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:  # flip bytes inside the compressed member, keep the zip directory
+        middle = len(data) // 3
+        path.write_bytes(
+            data[:middle]
+            + bytes(b ^ 0xFF for b in data[middle : middle + 64])
+            + data[middle + 64 :]
+        )
+    with pytest.raises(convert.CheckpointError, match=re.escape(str(path))):
+        convert.load_state_dict(path)
+
+
+def test_load_pretrained_with_another_num_classes(caplog):
+    path = reference_path("tiny_densenet_d13_k6_c10.npz")
+    model = sj.create_model("densenet-13-6", num_classes=5)  # the file has 10 classes
+    with pytest.raises(ValueError, match=r"mis-shaped: classifier\.linear"):
+        convert.load_pretrained(model, path, prefix="sd/")
+    with caplog.at_level(logging.WARNING, logger="sparsenet_jax.finetune"):
+        variables = convert.load_pretrained(model, path, prefix="sd/", num_classes=5)
+    assert "classifier/kernel (66, 10) → (66, 5)" in caplog.text
+    full = convert.load_pretrained(sj.create_model("densenet-13-6"), path, prefix="sd/")
+    chex.assert_trees_all_equal(variables["params"]["conv0"], full["params"]["conv0"])
+    chex.assert_trees_all_equal(variables["batch_stats"], full["batch_stats"])
+    chex.assert_shape(variables["params"]["classifier"]["kernel"], (66, 5))

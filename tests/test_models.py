@@ -169,3 +169,52 @@ def test_bad_module_config():
         sj.SparseNet(block_sizes=(2,), growth_rates=(4,), aggregation="mean")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="stem must be as wide"):
         sj.SparseNet(block_sizes=(2,), growth_rates=(4,), aggregation="sum", stem_channels=8)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "shape"),
+    [
+        ("sparsenet-40-24", {}, (1, 32, 32, 3)),
+        ("resnet-56", {"in_channels": 1}, (1, 32, 32, 1)),
+        ("densenet-121", {}, (1, 224, 224, 3)),
+        ("sparsenet-40-24", {"stem": "imagenet"}, (1, 224, 224, 3)),
+    ],
+)
+def test_default_input_shape(name, overrides, shape):
+    model = sj.create_model(name, **overrides)
+    assert model.default_input_shape == shape
+    assert model.default_input_size == shape[1] >= model.min_input_size
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "numbers"),
+    [
+        ("sparsenet-13-6", jnp.uint8, ["0.4914", "0.5071"]),  # CIFAR-10 and CIFAR-100 means
+        ("sparsenet-13-6", jnp.int32, ["0.247", "0.2673"]),  # their stds
+        ("densenet-121", jnp.uint8, ["(0.485, 0.456, 0.406)", "(0.229, 0.224, 0.225)"]),
+    ],
+)
+def test_integer_images_are_refused_with_the_normalisation(name, dtype, numbers):
+    model = sj.create_model(name)
+    shape = model.default_input_shape
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+    pixels = jax.ShapeDtypeStruct(shape, dtype)
+    with pytest.raises(TypeError, match="expected float images") as err:
+        jax.eval_shape(model.apply, variables, pixels)  # refused at trace time
+    assert "/ 255" in str(err.value)
+    for number in numbers:
+        assert number in str(err.value)
+
+
+def test_digits_model_names_the_digits_statistics():
+    model = sj.create_model("sparsenet-13-6", in_channels=1)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))))
+    with pytest.raises(TypeError, match=r"digits: mean \(0\.3058,\)"):
+        jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((2, 32, 32, 1), jnp.uint8))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_float_images_of_any_precision_still_work(tiny, dtype):
+    model, variables, x = tiny
+    out = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct(x.shape, dtype))
+    assert out.shape == (4, 10) and out.dtype == jnp.float32

@@ -170,12 +170,12 @@ def check_weights(arrays: Mapping[str, np.ndarray], where: str) -> None:
     """
     nonfinite = [
         k
-        for k, a in arrays.items()
+        for k, a in sorted(arrays.items())
         if jnp.issubdtype(a.dtype, jnp.inexact) and not np.isfinite(a).all()
     ]
     negative = [
         k
-        for k, a in arrays.items()
+        for k, a in sorted(arrays.items())
         if k.endswith("running_var") and k not in nonfinite and (np.asarray(a) < 0).any()
     ]
     problems = []

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -110,22 +110,38 @@ def _check_same_network(model: SparseNet, variables: Mapping[str, Any]) -> None:
     target = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros(model.default_input_shape))
     )
-    flat_target = _shapes(target)
-    flat_given = _shapes(variables)
+    check_same_shapes(target, variables, "the model's", ignore=lambda path: path[1] == CLASSIFIER)
+
+
+def check_same_shapes(
+    expected: Mapping[str, Any],
+    given: Mapping[str, Any],
+    what: str,
+    ignore: Callable[[tuple[str, ...]], bool] = lambda path: False,
+) -> None:
+    """Raise ``ValueError`` naming the leaves of ``given`` missing, extra or shaped unlike ``expected``.
+
+    Args:
+      expected, given: nested mappings of arrays (or shape structs).
+      what: names ``expected`` in the message ("the model's").
+      ignore: paths (tuples of names) not compared.
+    """
+    want, have = leaf_shapes(expected), leaf_shapes(given)
     differ = sorted(
         path
-        for path in set(flat_target) | set(flat_given)
-        if path[1] != CLASSIFIER and flat_target.get(path) != flat_given.get(path)
+        for path in set(want) | set(have)
+        if not ignore(path) and want.get(path) != have.get(path)
     )
     if differ:
-        shown = ", ".join("/".join(p) for p in differ[:5])
+        shown = ", ".join("/".join(p) for p in differ[:5]) + (", …" if len(differ) > 5 else "")
         raise ValueError(
-            f"the variables are of another network: {len(differ)} leaves differ from the "
-            f"model's ({shown}{', …' if len(differ) > 5 else ''})"
+            f"the variables are of another network: {len(differ)} leaves differ from "
+            f"{what} ({shown})"
         )
 
 
-def _shapes(tree: Mapping[str, Any]) -> dict[tuple[str, ...], tuple[int, ...]]:
+def leaf_shapes(tree: Mapping[str, Any]) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Path (names) → shape of every leaf of a nested mapping of arrays."""
     flat = jax.tree_util.tree_flatten_with_path(dict(tree))[0]
     return {
         tuple(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape) for path, leaf in flat
