@@ -197,3 +197,13 @@ def test_load_pretrained_with_another_num_classes(caplog):
     chex.assert_trees_all_equal(variables["params"]["conv0"], full["params"]["conv0"])
     chex.assert_trees_all_equal(variables["batch_stats"], full["batch_stats"])
     chex.assert_shape(variables["params"]["classifier"]["kernel"], (66, 5))
+
+
+def test_to_torch_state_dict_inverts_the_conversion():
+    sd = _state_dict(load_reference("tiny_sparsenet_bc_d46_k6_c10.npz"))
+    variables = convert.from_torch_state_dict(sj.create_model("sparsenet-bc-46-6"), sd)
+    back = convert.to_torch_state_dict(variables)
+    expected = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    assert sorted(back) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(back[key], value, err_msg=key)

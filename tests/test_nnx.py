@@ -28,12 +28,8 @@ def linen():
 
 def _linen_steps(model, variables, images, labels, weight_decay, n=2):
     tx = steps.make_optimizer(0.1, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    state = steps.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        opt_state=tx.init(variables["params"]),
-    )
+    state = steps.create_train_state(model, tx, 0, model.default_input_shape)
+    chex.assert_trees_all_equal(state.params, variables["params"])  # the same start
     train_step = jax.jit(steps.make_train_step(model, tx))
     losses = []
     for _ in range(n):

@@ -133,6 +133,30 @@ def from_torch_state_dict(
     return converted
 
 
+def to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Flax variables → the official PyTorch state_dict (the inverse of :func:`from_torch_state_dict`).
+
+    For the PyTorch route to ONNX or TorchScript: load the result into the official
+    model (``strict=True``; ``num_batches_tracked`` buffers aside) and export from there.
+
+    Args:
+      variables: ``{"params": ..., "batch_stats": ...}`` of a :class:`SparseNet`.
+
+    Returns:
+      Official names → numpy arrays (conv kernels OIHW, linear weights (out, in)).
+    """
+    out: dict[str, np.ndarray] = {}
+    for collection in ("params", "batch_stats"):
+        for path, value in _flatten(variables.get(collection, {})).items():
+            array = np.asarray(value)
+            if array.ndim == 4:  # conv HWIO → OIHW
+                array = array.transpose(3, 2, 0, 1)
+            elif array.ndim == 2:  # linear (in, out) → (out, in)
+                array = array.T
+            out[torch_name(collection, path)] = np.ascontiguousarray(array)
+    return out
+
+
 def _strip_wrapper_prefix(key: str) -> str:
     # nn.DataParallel / DistributedDataParallel checkpoints prefix every key.
     return key[len("module.") :] if key.startswith("module.") else key
@@ -260,14 +284,14 @@ def _load_torch(path: str) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(
+        raise CheckpointError(
             f"refusing to load {path}: it is not a plain tensor checkpoint "
             f"(torch.load with weights_only=True failed: {err})"
         ) from err
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict")
     return dict(obj)
 
 

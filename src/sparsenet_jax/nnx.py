@@ -76,7 +76,7 @@ class NNXSparseNet(nnx.Module):
 
     def feature_maps(self, x: jax.Array) -> list[jax.Array]:
         """Each block's output map (NHWC); see :meth:`sparsenet_jax.SparseNet.feature_maps`."""
-        return self._run(x, "feature_maps")  # type: ignore[return-value]
+        return self._run(x, "feature_maps")
 
     def _run(self, x: jax.Array, method: str) -> Any:
         variables = to_variables(self)
