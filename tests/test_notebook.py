@@ -35,6 +35,8 @@ def _read() -> nbformat.NotebookNode:
 
 
 def _generator():
+    if importlib.util.find_spec("jupytext") is None:
+        pytest.fail("jupytext is missing: pip install -e '.[test]' (the test extra lists it)")
     spec = importlib.util.spec_from_file_location("build_notebook", NOTEBOOKS / "build_notebook.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -220,6 +222,8 @@ def test_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
     assert _has_image(cells["train"])  # the live figure, updated in place
     resume = _text(cells["resume"])
     assert "resumed from step 30" in resume and _has_image(cells["resume"])
+    cached = re.search(r"\((\d+) programs from the persistent cache\)", resume)
+    assert cached and int(cached.group(1)) >= 1, resume  # the resumed run did not recompile
     lock = _text(cells["lock"]).strip()
     assert lock.startswith("error: ") and "is in use by another run" in lock
     assert len(lock.splitlines()) == 1, lock
