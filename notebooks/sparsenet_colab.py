@@ -325,23 +325,32 @@ print("workdir:", WORKDIR)
 # any runtime with libtpu installed), and reports the compile times, the HBM the train step
 # needs against the chip's 16 GiB, and its FLOPs and bytes accessed. Without libtpu (a CPU or
 # GPU runtime) it says which extra to install and the check is skipped. In full mode a run
-# that does not fit stops here.
+# that does not fit stops here. The check takes about as long as the compilation it measures
+# (minutes for the paper's networks), so its report is kept beside the workdir and a
+# resumed session reads it instead of checking again.
 
 # %% id="aot"
 import json
 
 AOT = ["-m", "sparsenet_jax.aot", "--recipe", config.recipe, "--model", config.model, "--json"]
-print("$ python", " ".join(AOT))
-# JAX_PLATFORMS=cpu: the check only compiles, and must not reach for the chip this kernel holds.
-checked = subprocess.run(
-    [sys.executable, *AOT],
-    capture_output=True,
-    text=True,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
-)
+AOT_REPORT = STORAGE / f"aot_{config.model}_{config.recipe}.json"
+if AOT_REPORT.is_file():
+    print(f"the check's report from an earlier session: {AOT_REPORT}")
+    checked = subprocess.CompletedProcess(AOT, 0, AOT_REPORT.read_text(), "")
+else:
+    print("$ python", " ".join(AOT))
+    # JAX_PLATFORMS=cpu: the check only compiles, and must not reach for the chip this kernel holds.
+    checked = subprocess.run(
+        [sys.executable, *AOT],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
 said = (checked.stderr.strip() or "no message").splitlines()[-1]
 aot = json.loads(checked.stdout) if checked.stdout.startswith("{") else None
 if aot is not None:
+    STORAGE.mkdir(parents=True, exist_ok=True)
+    AOT_REPORT.write_text(checked.stdout)
     GiB = 1024**3
     print(
         f"{aot['model']}, {aot['dtype']}, batch {aot['batch_size']} on TPU {aot['topology']}: "
@@ -354,10 +363,8 @@ elif said.startswith("needs "):  # the TPU compiler itself ran out of HBM
     print(f"does not fit: {said}")
 else:
     print(f"aot check skipped (exit {checked.returncode}): {said}")
-if said.startswith("needs ") and not QUICK:
-    raise SystemExit(
-        f"{config.model} does not fit the chip ({said}): pick a smaller model or batch"
-    )
+if not QUICK and (said.startswith("needs ") or (aot is not None and not aot["fits"])):
+    raise SystemExit(f"{config.model} does not fit the chip: pick a smaller model or batch")
 
 # %% [markdown] id="cost-md"
 # **What a full run costs on a v5e-1.** The *estimate* below is the roofline that `aot`
@@ -370,19 +377,25 @@ if said.startswith("needs ") and not QUICK:
 # %% id="cost"
 from sparsenet_jax.reporting import duration
 
+
+def seconds(value: float) -> str:
+    return f"{value:.3g} s" if value < 60 else duration(value)
+
+
 if aot is None:
     print("estimated: not available here (it needs the aot check above, i.e. libtpu)")
 else:
     images_per_s = aot["roofline_images_per_s"]
     epoch_s = run.steps_per_epoch * config.batch_size / images_per_s
     print(
-        f"estimated (roofline of {aot['chip']} at {aot['peak_flops'] / 1e12:.0f} TFLOP/s and "
-        f"{aot['hbm_bandwidth'] / 1e9:.0f} GB/s, {aot['roofline_bound']}-bound): "
-        f"{images_per_s:,.0f} images/s, {epoch_s:.1f} s an epoch of training, "
-        f"{duration(config.epochs * epoch_s)} for {config.epochs} epochs, at best"
+        f"estimated for {config.model} on {config.dataset} (roofline of {aot['chip']} at "
+        f"{aot['peak_flops'] / 1e12:.0f} TFLOP/s and {aot['hbm_bandwidth'] / 1e9:.0f} GB/s, "
+        f"{aot['roofline_bound']}-bound): {images_per_s:,.0f} images/s, {seconds(epoch_s)} an "
+        f"epoch of training, {seconds(config.epochs * epoch_s)} for {config.epochs} epochs, "
+        "at best"
     )
     compile_s = aot["train_compile_s"] + aot["eval_compile_s"]
-    print(f"plus compiling once, about {duration(compile_s)} on this runtime's CPU (cached after)")
+    print(f"plus compiling once, about {seconds(compile_s)} on this runtime's CPU (then cached)")
 print("measured on a v5e-1: none yet")
 
 # %% [markdown] id="data-md"
