@@ -103,9 +103,13 @@ class MetricsWriter:
                     self.tb.add_scalar(f"{record['split']}/{key}", value, record["step"])
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+        tb, self.tb = self.tb, None
+        if tb is None:
+            return
+        try:
+            tb.close()
+        except OSError as err:  # a full disk: the run's own error says so; events are a bonus
+            print(f"warning: TensorBoard events not flushed ({err.strerror})", file=sys.stderr)
 
 
 def read_records(path: pathlib.Path) -> list[Record]:
