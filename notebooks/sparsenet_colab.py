@@ -21,8 +21,10 @@
 # 5. sets up the run, with its workdir and compilation cache on Google Drive in full mode;
 # 6. checks ahead of time, without using the chip, that the train step fits a TPU v5e and how
 #    long it compiles, and estimates what the whole run costs;
-# 7. trains with live curves; 8. resumes after a disconnect;
-# 9. evaluates; 10. restores the newest checkpoint and checks it;
+# 7. trains with live curves;
+# 8. resumes after a disconnect;
+# 9. evaluates;
+# 10. restores the newest checkpoint and checks it;
 # 11. loads PyTorch-layout weights with the converter and compares to PyTorch's logits.
 #
 # Every step calls the library (`build_run`, `train_and_evaluate`, `Checkpoints`, `plot`,
@@ -303,8 +305,10 @@ config = config_lib.from_dict(
     {
         **config_lib.RECIPES[RUN["recipe"]],
         **RUN,
-        **{"workdir": WORKDIR, "data_dir": DATA_DIR, "progress": False},
+        "workdir": WORKDIR,
+        "data_dir": DATA_DIR,
         "compilation_cache_dir": str(STORAGE / "jax_compilation_cache"),
+        "progress": False,  # the live curves below say it
     }
 )
 print("compilation cache:", cli.setup_compilation_cache(config.compilation_cache_dir))
