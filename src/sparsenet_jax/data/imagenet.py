@@ -1,7 +1,9 @@
 """ImageNet: host-local batches decoded and augmented on the host by a thread pool.
 
 The interface is ``ImageNetLoader(split, batch_size, ...)``, ``len(loader)`` and
-iteration over ``Batch(images, labels, mask)``; nothing else is meant for callers.
+iteration over ``Batch(images, labels, mask)``. The per-example work
+(``open_imagenet``, ``train_example``, ``eval_example``) is shared with the grain
+loader (``imagenet_grain``), so that the two differ only in how they schedule it.
 """
 
 from __future__ import annotations
@@ -9,18 +11,27 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import math
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from sparsenet_jax.data.datasets import (
+    DatasetInfo,
     DatasetNotFoundError,
     dataset_info,
     open_source,
     resolve_data_dir,
 )
 from sparsenet_jax.data.sampling import check_hosts, eval_batch_indices, host_batch_indices
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+Example = Mapping[str, Any]  # a tfds example: {"image": uint8 HWC array, "label": int, ...}
+_INFO = dataset_info("imagenet2012")
+_MEAN = np.asarray(_INFO.mean, np.float32)
+_STD = np.asarray(_INFO.std, np.float32)
 
 
 class Batch(NamedTuple):
@@ -56,27 +67,14 @@ class ImageNetLoader:
         process_count: int = 1,
         num_workers: int = 8,
     ) -> None:
-        splits = {"train": "train", "test": "validation", "validation": "validation"}
-        if split not in splits:
-            raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
         check_hosts(batch_size, process_index, process_count)
-        self.info = dataset_info("imagenet2012")
+        self.info, self._source = open_imagenet(split, data_dir)
         self.batch_size, self.seed, self.epoch, self.train = batch_size, seed, epoch, train
         self.process_index, self.process_count = process_index, process_count
         self.num_workers = num_workers
-        root = resolve_data_dir(data_dir)
-        source = open_source("imagenet2012", splits[split], root)
-        if source is None:
-            raise DatasetNotFoundError(
-                f"imagenet2012 in {root} is in the tfrecord format; prepare it again as "
-                f"array_record: python -m sparsenet_jax.data prepare imagenet2012 --data-dir {root}"
-            )
-        self._source = source
-        self.num_examples = len(source)
+        self.num_examples = len(self._source)
         if train and batch_size > self.num_examples:
             raise ValueError(f"batch size {batch_size} > {self.num_examples} examples")
-        self._mean = np.asarray(self.info.mean, np.float32)
-        self._std = np.asarray(self.info.std, np.float32)
 
     def __len__(self) -> int:
         """Batches per epoch (training drops the remainder; evaluation pads it)."""
@@ -122,24 +120,66 @@ class ImageNetLoader:
         return Batch(images, labels, mask)
 
     def _example(self, index: int) -> tuple[np.ndarray, int]:
-        from PIL import Image
-
         example = self._source[index]
-        image = Image.fromarray(np.asarray(example["image"], np.uint8)).convert("RGB")
-        size = self.info.image_size
         if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            box = _random_resized_crop_box(rng, image.width, image.height)
-            mirror = rng.random() < 0.5
-        else:  # shorter side to 256, central 224: one resize of the matching box
-            side = min(image.width, image.height) * size / 256
-            left, top = (image.width - side) / 2, (image.height - side) / 2
-            box, mirror = (left, top, left + side, top + side), False
-        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
-        if mirror:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        pixels = np.asarray(image, np.float32)
-        return (pixels / 255.0 - self._mean) / self._std, int(example["label"])
+            return train_example(example, np.random.default_rng([self.seed, self.epoch, index]))
+        return eval_example(example)
+
+
+def open_imagenet(split: str, data_dir: str | None) -> tuple[DatasetInfo, Sequence[Example]]:
+    """The ImageNet ``DatasetInfo`` and the tfds random-access source of ``split``.
+
+    ``split`` is "train", or "test"/"validation" (both read the validation set).
+    Raises ``DatasetNotFoundError`` when the data is missing or is in the tfrecord format.
+    """
+    splits = {"train": "train", "test": "validation", "validation": "validation"}
+    if split not in splits:
+        raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
+    root = resolve_data_dir(data_dir)
+    source = open_source("imagenet2012", splits[split], root)
+    if source is None:
+        raise DatasetNotFoundError(
+            f"imagenet2012 in {root} is in the tfrecord format; prepare it again as "
+            f"array_record: python -m sparsenet_jax.data prepare imagenet2012 --data-dir {root}"
+        )
+    return dataset_info("imagenet2012"), source
+
+
+def train_example(example: Example, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """A random-resized crop, mirrored with probability 1/2, resized and normalised."""
+    image = _rgb(example)
+    box = _random_resized_crop_box(rng, image.width, image.height)
+    return _resize_normalise(image, box, mirror=rng.random() < 0.5), int(example["label"])
+
+
+def eval_example(example: Example) -> tuple[np.ndarray, int]:
+    """The shorter side resized to 256 and the central 224 x 224, normalised."""
+    image = _rgb(example)
+    # One resize of the box that the 256-then-224 crop keeps.
+    side = min(image.width, image.height) * _INFO.image_size / 256
+    left, top = (image.width - side) / 2, (image.height - side) / 2
+    box = (left, top, left + side, top + side)
+    return _resize_normalise(image, box, mirror=False), int(example["label"])
+
+
+def _rgb(example: Example) -> Image.Image:
+    from PIL import Image
+
+    return Image.fromarray(np.asarray(example["image"], np.uint8)).convert("RGB")
+
+
+def _resize_normalise(
+    image: Image.Image, box: tuple[float, float, float, float], mirror: bool
+) -> np.ndarray:
+    """``box`` of ``image`` resized to 224 x 224 (bilinear), mirrored or not, as float32."""
+    from PIL import Image
+
+    size = _INFO.image_size
+    image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    if mirror:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    pixels = np.asarray(image, np.float32)
+    return (pixels / 255.0 - _MEAN) / _STD
 
 
 def _random_resized_crop_box(
