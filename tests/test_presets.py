@@ -9,12 +9,13 @@ from sparsenet_jax.arithmetic import expected_params
 
 
 def _flax_params(model: sj.SparseNet) -> int:
-    size = 224 if model.stem == "imagenet" else 32
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    shape = (1, model.default_input_size, model.default_input_size, 3)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
     return sj.count_params(shapes)
 
 
-# Figures from DESIGN.md (official PyTorch model, 2k stem); M-rounded rows checked to 4 decimals.
+# Counts of the official PyTorch model with a 2k stem (which reproduces the paper's);
+# M-rounded rows checked to 4 decimals.
 EXACT = [
     ("sparsenet-40-24", 100, 757_252),
     ("sparsenet-40-24", 10, 748_522),
@@ -33,7 +34,7 @@ MILLIONS = [
     ("sparsenet-bc-100-24", 100, 1.4611),
     ("densenet-bc-100-12", 100, 0.8000),
     ("sparsenet-40-24", 10, 0.7485),
-    # rows where the official code differs from the paper (DESIGN.md §2, §3)
+    # rows where the official code differs from the paper (see the README's known gaps)
     ("sparsenet-100-32-64-128", 100, 28.73),
     ("sparsenet-bc-100-32-64-128", 100, 17.34),
     ("sparsenet-bc-100-12", 100, 0.37),

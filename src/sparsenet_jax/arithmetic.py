@@ -1,6 +1,6 @@
 """Parameter counts from the layout rules alone (no Flax): a second, independent count.
 
-Mirrors the official PyTorch model (DESIGN.md §2): every conv without bias,
+Mirrors the official PyTorch CIFAR model: every conv without bias,
 every BatchNorm with scale and bias, a dense head with bias.
 """
 
