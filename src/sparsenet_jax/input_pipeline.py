@@ -9,8 +9,10 @@ uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -47,8 +49,7 @@ def epoch_batches(
 ) -> Iterator[HostBatch]:
     """This host's part of every global batch of ``epoch``, from batch ``skip`` on."""
     if splits.train is None:
-        loader = _imagenet(config, "train", config.batch_size, epoch=epoch)
-        for batch in itertools.islice(loader, skip, None):
+        for batch in imagenet_batches(config, "train", config.batch_size, epoch, skip):
             yield {"image": batch.images, "label": batch.labels}
         return
     images, labels = splits.train
@@ -72,7 +73,7 @@ def train_batches(
 def eval_batches(config: TrainConfig, splits: Splits) -> Iterator[HostBatch]:
     """This host's part of every test batch; ``mask`` marks real examples (not padding)."""
     if splits.test is None:
-        for batch in _imagenet(config, "validation", config.eval_batch_size):
+        for batch in imagenet_batches(config, "validation", config.eval_batch_size):
             yield {"image": batch.images, "label": batch.labels, "mask": batch.mask}
         return
     images, labels = splits.test
@@ -83,13 +84,16 @@ def eval_batches(config: TrainConfig, splits: Splits) -> Iterator[HostBatch]:
         yield {"image": images[idx], "label": labels[idx], "mask": mask}
 
 
-def _imagenet(
-    config: TrainConfig, split: str, batch_size: int, epoch: int = 0
-) -> data_lib.ImageNetLoader:
-    """This host's ImageNet loader: decoded, augmented (train) and normalised on the host."""
-    return data_lib.ImageNetLoader(
-        split,
-        batch_size,
+def imagenet_batches(
+    config: TrainConfig, split: str, batch_size: int, epoch: int = 0, skip: int = 0
+) -> Iterator[data_lib.Batch]:
+    """This host's ImageNet batches of ``epoch`` from batch ``skip`` on, decoded on the host.
+
+    With grain installed (``pip install 'sparsenet_jax[grain]'``) the grain loader
+    jumps straight to batch ``skip``; the thread-pool loader has to decode the
+    skipped batches to get there (same batches either way).
+    """
+    kwargs: dict[str, Any] = dict(
         data_dir=config.data_dir,
         seed=config.seed,
         epoch=epoch,
@@ -97,3 +101,9 @@ def _imagenet(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    if importlib.util.find_spec("grain") is not None:
+        from sparsenet_jax.data.imagenet_grain import GrainImageNetLoader
+
+        yield from GrainImageNetLoader(split, batch_size, skip=skip, **kwargs)
+        return
+    yield from itertools.islice(data_lib.ImageNetLoader(split, batch_size, **kwargs), skip, None)

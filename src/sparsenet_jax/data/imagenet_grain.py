@@ -80,6 +80,7 @@ class GrainImageNetLoader:
         as ``ImageNetLoader``'s 8 threads; processes cost more per image here (see
         benchmarks/results/imagenet-input-*.md) but are not bound by one process's GIL.
       threads_per_worker: threads in each worker process (or in this one).
+      skip: start at this batch of the epoch (a resumed run), without reading the others.
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class GrainImageNetLoader:
         process_count: int = 1,
         num_workers: int = 0,
         threads_per_worker: int = 8,
+        skip: int = 0,
     ) -> None:
         check_hosts(batch_size, process_index, process_count)
         if not 0 <= seed < 2**32:
@@ -112,6 +114,10 @@ class GrainImageNetLoader:
         if train:  # epoch e is positions [e * len, (e + 1) * len) of the repeated dataset
             per_epoch = len(self.dataset)
             self.dataset = self.dataset.repeat()[epoch * per_epoch : (epoch + 1) * per_epoch]
+        # Resuming mid-epoch: batches are addressed by position, so the skipped
+        # ones are never read or decoded, and the rest are exactly those of an
+        # uninterrupted epoch.
+        self.dataset = self.dataset[skip:]
 
     def __len__(self) -> int:
         """Batches per epoch (training drops the remainder; evaluation pads it)."""
