@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -62,6 +63,30 @@ def test_readme_api_snippet_runs():
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["logits"].shape == (8, 10)
     assert namespace["sparsenet_jax"].count_params(namespace["variables"]) == 748_522
+
+
+@pytest.mark.slow
+def test_readme_features_and_nnx_snippets_run():
+    """The API snippet, then the features/fine-tuning and NNX snippets that continue it."""
+    text = README.read_text()
+    blocks = [
+        re.search(pattern, text, re.S)
+        for pattern in (
+            r"```python\n(import jax, jax.numpy as jnp\n.*?)```",
+            r"```python\n(feats = model.apply.*?)```",
+            r"```python\n(import optax\nfrom flax import nnx\n.*?)```",
+        )
+    ]
+    assert all(blocks), "a README snippet moved"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block.group(1), "README.md", "exec"), namespace)
+    assert namespace["feats"].shape == (8, 96)
+    assert len(namespace["maps"]) == 3
+    assert namespace["cfg"]["crop_pct"] == 0.875
+    assert namespace["variables5"]["params"]["classifier"]["kernel"].shape[-1] == 5
+    assert bool(jnp.isfinite(namespace["loss"]))
+    assert set(namespace["back"]) == {"params", "batch_stats"}
 
 
 @pytest.mark.parametrize("flag", ["--help"])
