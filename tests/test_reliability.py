@@ -226,6 +226,27 @@ def test_a_signal_saves_and_exits_non_zero(tmp_path, cache_dir, signum, code):
     assert stopped_at in checkpoint_steps(workdir)
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_start_up_stops_at_once(tmp_path, signum, code):
+    """Before the first step (loading, compiling) there is nothing to save: stop, say so."""
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_cmd(workdir, "--max-steps", "2000"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),  # no shared cache: compiling keeps the run in its start-up
+    )
+    deadline = time.time() + 120
+    while not (workdir / "lock").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert "nothing to save" in err or "saved checkpoint at step" in err
+
+
 def test_ctrl_c_twice_stops_at_once(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     proc = start_long_run(workdir, cache_dir)

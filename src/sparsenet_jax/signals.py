@@ -13,8 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 
-class StopRequested(Exception):
-    """Raised where a signal arrives before there is any state worth saving."""
+class StopRequested(BaseException):
+    """Raised where a signal arrives before there is any state worth saving.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception``
+    on the way (a fallback, a retry) swallows it.
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)

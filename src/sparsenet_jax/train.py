@@ -159,24 +159,23 @@ class Loop:
         if stopping or itstime(step, every, self.run.total_steps):
             self.checkpoints.save(self.state, force=stopping)
 
-    def train(self) -> tuple[int, str]:
+    def train(self, stop: StopSignals) -> tuple[int, str]:
         """Run the remaining steps; return the last step and the signal that stopped it, if any."""
         step, run = self.first_step, self.run
         remaining = range(self.first_step + 1, run.total_steps + 1)
-        with StopSignals() as stop:
-            # The range comes first: zip stops before drawing a batch past the end.
-            for step, batch in zip(remaining, self.batches(), strict=False):
-                self.state, metrics = run.train_step(self.state, batch)
-                stop.armed = True
-                self.maybe_log(step, metrics)
-                paused = time.time()
-                if not stop.raised:
-                    self.maybe_evaluate(step)
-                self.maybe_save(step, stopping=stop.raised)
-                self.timer.pause(time.time() - paused)
-                if stop.raised:
-                    break
-            self.checkpoints.wait()
+        # The range comes first: zip stops before drawing a batch past the end.
+        for step, batch in zip(remaining, self.batches(), strict=False):
+            self.state, metrics = run.train_step(self.state, batch)
+            stop.armed = True  # from now on a signal saves before it stops the run
+            self.maybe_log(step, metrics)
+            paused = time.time()
+            if not stop.raised:
+                self.maybe_evaluate(step)
+            self.maybe_save(step, stopping=stop.raised)
+            self.timer.pause(time.time() - paused)
+            if stop.raised:
+                break
+        self.checkpoints.wait()
         if stop.raised:
             self.progress.close()
             print(
@@ -205,6 +204,8 @@ def train_and_evaluate(
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir), contextlib.ExitStack() as stack:
+        # Until the first step has finished a signal stops at once: nothing to save.
+        stop = stack.enter_context(StopSignals())
         run = build_run(config)
         check_config(workdir, run.config)
         memory.check_fits(run)
@@ -220,7 +221,7 @@ def train_and_evaluate(
             jax.device_count(),
             jax.process_count(),
         )
-        final_step, stopped_by = loop.train()
+        final_step, stopped_by = loop.train(stop)
     log.info(
         "compilation: %.1f s (%d programs from the persistent cache)",
         compile_clock.seconds,
