@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import pytest
@@ -53,6 +54,14 @@ def test_roofline_takes_the_slower_of_compute_and_memory():
     assert line.bound == "memory" and line.images_per_s == 32.0
     line = tpu_chips.roofline(3 * 197e12, 819e9, 64, chip)
     assert line.bound == "compute" and line.images_per_s == pytest.approx(64 / 3)
+
+
+def test_a_v4_chip_is_two_compile_only_devices():
+    """libtpu gives each v4 TensorCore its own device: figures are added up per chip."""
+    run = types.SimpleNamespace(mesh=types.SimpleNamespace(size=8))
+    assert aot.devices_per_chip(run, tpu_chips.parse_topology("v4:2x2x1")) == 2
+    run.mesh.size = 4
+    assert aot.devices_per_chip(run, tpu_chips.parse_topology("v5e:2x2")) == 1
 
 
 def test_not_fit_message_is_one_line_in_gib():

@@ -9,7 +9,9 @@ eval steps for a TPU topology with libtpu's compile-only devices. It reports
 each step's compile time on this machine, the HBM the compiler allocates per
 chip (arguments + temporaries + outputs − donated), the FLOPs and bytes the
 train step's per-chip program does, and the roofline images/s on that chip
-(peaks in :mod:`sparsenet_jax.tpu_chips`).
+(peaks in :mod:`sparsenet_jax.tpu_chips`). Figures are per chip: libtpu makes
+a compile-only device of each of a v4 chip's two TensorCores, and their
+programs are added up.
 
 Exit codes: 0 fits, 1 does not fit (one line: "needs X GiB of the chip's Y"),
 libtpu missing or the run cannot be built (one ``error:`` line), 2 a bad command line.
@@ -167,8 +169,10 @@ def report(run: Run, topology: Topology, train: StepCost, eval_: StepCost) -> di
     """The JSON report of one check (``--json`` prints it)."""
     chip = topology.chip
     batch = run.config.batch_size
-    hbm = max(train.hbm_bytes, eval_.hbm_bytes)
-    line = tpu_chips.roofline(train.flops, train.bytes_accessed, batch, chip)
+    cores = devices_per_chip(run, topology)
+    hbm = cores * max(train.hbm_bytes, eval_.hbm_bytes)
+    flops, bytes_accessed = cores * train.flops, cores * train.bytes_accessed
+    line = tpu_chips.roofline(flops, bytes_accessed, batch, chip)
     return {
         "model": run.config.model,
         "dataset": run.config.dataset,
@@ -180,7 +184,8 @@ def report(run: Run, topology: Topology, train: StepCost, eval_: StepCost) -> di
         "eval_batch_size": run.config.eval_batch_size,
         "topology": topology.name,
         "chip": chip.name,
-        "num_chips": run.mesh.size,
+        "num_chips": topology.num_chips,
+        "devices_per_chip": cores,
         "train_trace_s": round(train.trace_s, 2),
         "train_compile_s": round(train.compile_s, 2),
         "train_compile_cpu_s": round(train.compile_cpu_s, 2),
@@ -192,9 +197,9 @@ def report(run: Run, topology: Topology, train: StepCost, eval_: StepCost) -> di
         "fits": hbm <= chip.hbm_bytes,
         "train_memory": _memory(train),
         "eval_memory": _memory(eval_),
-        "flops_per_step": train.flops,
-        "bytes_accessed_per_step": train.bytes_accessed,
-        "bytes_accessed_per_image": train.bytes_accessed * run.mesh.size / batch,
+        "flops_per_step": flops,
+        "bytes_accessed_per_step": bytes_accessed,
+        "bytes_accessed_per_image": bytes_accessed * topology.num_chips / batch,
         "peak_flops": chip.peak_flops,
         "hbm_bandwidth": chip.hbm_bandwidth,
         "peaks_source": chip.source,
@@ -205,6 +210,11 @@ def report(run: Run, topology: Topology, train: StepCost, eval_: StepCost) -> di
         "roofline_compute_ms": 1e3 * line.compute_s,
         "roofline_memory_ms": 1e3 * line.memory_s,
     }
+
+
+def devices_per_chip(run: Run, topology: Topology) -> int:
+    """Compile-only devices a chip has: 2 on v4 (one a TensorCore), else 1."""
+    return max(1, run.mesh.size // topology.num_chips)
 
 
 def _memory(cost: StepCost) -> dict[str, int]:
@@ -262,8 +272,12 @@ def check(config: TrainConfig, topology: Topology) -> dict[str, Any]:
     """
     run = build_run(config, devices=topology_devices(topology))
     state = run.abstract_state()
-    train = compile_step(run.train_step, state, run.abstract_batch(True))
-    eval_ = compile_step(run.eval_step, state, run.abstract_batch(False))
+    try:
+        train = compile_step(run.train_step, state, run.abstract_batch(True))
+        eval_ = compile_step(run.eval_step, state, run.abstract_batch(False))
+    except DoesNotFit as err:  # the compiler speaks of one device: say it of the chip
+        cores = devices_per_chip(run, topology)
+        raise DoesNotFit(cores * err.need_bytes, cores * err.capacity_bytes) from None
     return report(run, topology, train, eval_)
 
 
