@@ -83,7 +83,7 @@ def warning_lines(stderr: str) -> list[str]:
 # 1. One run per workdir
 
 
-@pytest.mark.slow  # three/two full runs: in the slow job
+@pytest.mark.slow  # several full runs: in the slow job
 def test_second_run_on_a_live_workdir_exits_at_once(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     first = start_long_run(workdir, cache_dir)
@@ -195,7 +195,7 @@ def test_flags_that_change_what_a_step_means_are_refused(
     assert checkpoint_steps(workdir) == [4, 6, 8]
 
 
-@pytest.mark.slow  # three/two full runs: in the slow job
+@pytest.mark.slow  # several full runs: in the slow job
 def test_flags_that_change_only_the_future_are_recorded(tmp_path, cache_dir, straight):
     workdir = copy_run(straight, tmp_path / "run")
     config_before = (workdir / "config.json").read_bytes()
