@@ -97,40 +97,51 @@ def from_torch_state_dict(
         if not k.endswith(_IGNORED_SUFFIXES)
     }
     check_weights(source, "the state_dict")
-    used: set[str] = set()
-    missing: list[str] = []
-    misshaped: list[str] = []
-    converted: dict[str, Any] = {}
-    for collection, tree in shapes.items():
-        flat = _flatten(tree)
+    fit = _Fit(source)
+    converted = {
+        collection: fit.collection(collection, tree) for collection, tree in shapes.items()
+    }
+    fit.raise_if_wrong()
+    return converted
+
+
+class _Fit:
+    """Maps each model variable to its checkpoint entry; collects every mismatch for one error."""
+
+    def __init__(self, source: dict[str, np.ndarray]) -> None:
+        self.source = source
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+        self.misshaped: list[str] = []
+
+    def collection(self, collection: str, tree: Any) -> dict[str, Any]:
         out = {}
-        for path, target in flat.items():
+        for path, target in _flatten(tree).items():
             key = torch_name(collection, path)
-            if key not in source:
-                missing.append(key)
+            if key not in self.source:
+                self.missing.append(key)
                 continue
-            used.add(key)
-            array = _to_flax_layout(source[key], len(target.shape))
+            self.used.add(key)
+            array = _to_flax_layout(self.source[key], len(target.shape))
             if tuple(array.shape) != tuple(target.shape):
-                misshaped.append(
-                    f"{key}: checkpoint {tuple(source[key].shape)} → "
+                self.misshaped.append(
+                    f"{key}: checkpoint {tuple(self.source[key].shape)} → "
                     f"{tuple(array.shape)}, model expects {tuple(target.shape)}"
                 )
                 continue
             out[path] = jnp.asarray(array, target.dtype)
-        converted[collection] = _unflatten(out)
-    unexpected = sorted(set(source) - used)
-    if missing or unexpected or misshaped:
-        parts = []
-        for title, items in (
-            ("missing", missing),
+        return _unflatten(out)
+
+    def raise_if_wrong(self) -> None:
+        unexpected = sorted(set(self.source) - self.used)
+        groups = (
+            ("missing", self.missing),
             ("unexpected", unexpected),
-            ("mis-shaped", misshaped),
-        ):
-            if items:
-                parts.append(f"{len(items)} {title}: " + "; ".join(items))
-        raise ValueError("state_dict does not fit the model — " + " | ".join(parts))
-    return converted
+            ("mis-shaped", self.misshaped),
+        )
+        parts = [f"{len(items)} {title}: " + "; ".join(items) for title, items in groups if items]
+        if parts:
+            raise ValueError("state_dict does not fit the model — " + " | ".join(parts))
 
 
 def to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
