@@ -265,6 +265,12 @@ def validate_config(model: SparseNet) -> None:
         raise ValueError(f"block_impl must be one of {BLOCK_IMPLS}, got {model.block_impl!r}")
     if model.stem not in STEM_KINDS:
         raise ValueError(f"stem must be one of {STEM_KINDS}, got {model.stem!r}")
+    _check_layout(model)
+    _check_types(model)
+    _check_ranges(model)
+
+
+def _check_layout(model: SparseNet) -> None:
     sizes, growths = tuple(model.block_sizes), tuple(model.growth_rates)
     if not sizes:
         raise ValueError("block_sizes must name at least one block")
@@ -282,6 +288,9 @@ def validate_config(model: SparseNet) -> None:
         not _is_int(model.stem_channels) or model.stem_channels < 1
     ):
         raise ValueError(f"stem_channels must be a positive integer, got {model.stem_channels!r}")
+
+
+def _check_types(model: SparseNet) -> None:
     for name in ("compression", "dropout_rate"):
         value = getattr(model, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -299,6 +308,10 @@ def validate_config(model: SparseNet) -> None:
             ) from None
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"{name} must be a floating dtype, got {getattr(model, name)!r}")
+
+
+def _check_ranges(model: SparseNet) -> None:
+    growths = tuple(model.growth_rates)
     if not 0.0 < model.compression <= 1.0:
         raise ValueError(f"compression must be in (0, 1], got {model.compression}")
     if not 0.0 <= model.dropout_rate < 1.0:
