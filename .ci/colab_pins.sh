@@ -2,17 +2,38 @@
 # The Colab job: install the project under Colab's TPU-runtime versions
 # (.ci/colab-constraints.txt) into a fresh venv, then run the fast suite and
 # the notebook in quick mode. These pins are the oldest versions we test, and
-# pyproject's lower bounds for jax, flax, optax, chex, orbax-checkpoint and
+# pyproject's floors for jax, flax, optax, chex, orbax-checkpoint and
 # tensorflow-datasets are set to them.
 #
-# Colab runs Python 3.13; this job uses the machine's python3 (3.11 in CI).
-# Set COLAB_PYTHON to another interpreter (e.g. python3.13) to use that one.
-# pip's cache is reused on purpose: a warm cache saves the downloads.
+# Python: Colab runs 3.13, so this job uses python3.13 where the machine has it
+# (pyenv's 3.13 here), else python3; COLAB_PYTHON=... picks another. The main
+# job tests the newest versions on python3 (3.11), so the two jobs together
+# cover both ends of requires-python.
+# pip's cache is not disabled: where the index allows caching, a second run
+# downloads nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-python=${COLAB_PYTHON:-python3}
+pick_python() {
+  if [[ -n ${COLAB_PYTHON:-} ]]; then
+    echo "$COLAB_PYTHON"
+    return
+  fi
+  local candidate
+  for candidate in python3.13 "$(pyenv root 2>/dev/null)"/versions/3.13*/bin/python3.13; do
+    if "$candidate" --version >/dev/null 2>&1; then
+      echo "$candidate"
+      return
+    fi
+  done
+  echo python3
+}
+
+took() { echo "   ($1: $((SECONDS - start)) s)"; start=$SECONDS; }
+
+start=$SECONDS
+python=$(pick_python)
 # A venv outside the work tree: nothing to ignore, and nothing left behind.
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -22,12 +43,15 @@ trap 'rm -rf "$scratch"' EXIT
 
 echo "== Colab pins: pip install -c .ci/colab-constraints.txt -e '.[test]' ($(python --version))"
 pip install -q -c .ci/colab-constraints.txt -e '.[test]'
+took install
 
-echo "== tested versions"
-pip freeze | grep -iE '^(jax|jaxlib|flax|optax|chex|orbax-checkpoint|tensorflow-datasets|numpy)=='
+echo "== Colab pins: tested versions"
+pip freeze | grep -iE '^(jax|jaxlib|flax|optax|chex|orbax-checkpoint|tensorflow-datasets|grain|numpy)=='
 
 echo "== Colab pins: fast tests (python -m pytest -n 2)"
-python -m pytest -n 2
+python -m pytest -n 2 --durations=10
+took "fast tests"
 
 echo "== Colab pins: the notebook in quick mode (python -m pytest -m slow tests/test_notebook.py)"
 python -m pytest -n 0 -m slow tests/test_notebook.py
+took notebook
