@@ -48,10 +48,14 @@ took install
 echo "== Colab pins: tested versions"
 pip freeze | grep -iE '^(jax|jaxlib|flax|optax|chex|orbax-checkpoint|tensorflow-datasets|grain|numpy)=='
 
+# Both test steps run even if the first fails, so one CI run reports both;
+# the job fails if either did. Arguments to this script go to the fast suite.
+failed=0
 echo "== Colab pins: fast tests (python -m pytest -n 2)"
-python -m pytest -n 2 --durations=10
+python -m pytest -n 2 --durations=10 "$@" || failed=1
 took "fast tests"
 
 echo "== Colab pins: the notebook in quick mode (python -m pytest -m slow tests/test_notebook.py)"
-python -m pytest -n 0 -m slow tests/test_notebook.py
+python -m pytest -n 0 -m slow tests/test_notebook.py || failed=1
 took notebook
+exit "$failed"
