@@ -96,4 +96,10 @@ def test_two_processes_on_localhost_agree_with_one(tmp_path):
     ours = [r["loss"] for r in read_metrics(multi) if r["split"] == "train"]
     theirs = [r["loss"] for r in read_metrics(single) if r["split"] == "train"]
     assert len(ours) == len(theirs) == 2
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+    # The first window must agree to float precision: BatchNorm statistics are
+    # over the global batch (per-host statistics would be off by ~1e-2 at once).
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5)
+    # Later ones drift a little: the two processes sum gradients and statistics
+    # in another order, and three SGD steps amplify float32 rounding (1.3e-4
+    # measured on this machine, with this version and the previous one alike).
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3)

@@ -49,6 +49,8 @@ class WorkdirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        if jax.process_index() != 0:  # a multi-host run shares one workdir: host 0 holds it
+            return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
