@@ -7,6 +7,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from train_helpers import EVERY, STEPS, checkpoint_steps, run_train
+
 DATA_DIR = pathlib.Path(__file__).parent / "data"
 SHARED_REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
 
@@ -37,3 +39,19 @@ def all_references() -> list[tuple[str, str, int]]:
 def load_reference(filename: str) -> dict[str, np.ndarray]:
     with np.load(reference_path(filename), allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """A compilation cache shared by a module's training subprocesses."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, cache_dir):
+    """An uninterrupted run (checkpoints 4, 6, 8 kept): the reference, and a workdir to copy."""
+    workdir = tmp_path_factory.mktemp("straight") / "run"
+    result = run_train(workdir, "--max-steps", str(STEPS), *EVERY, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert checkpoint_steps(workdir) == [4, 6, 8]
+    return workdir

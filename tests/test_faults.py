@@ -30,6 +30,8 @@ import pytest
 from sparsenet_jax import config as config_lib
 from sparsenet_jax.presets import create_model
 from train_helpers import (
+    EVERY,
+    STEPS,
     checkpoint_steps,
     cli_env,
     load_checkpoint,
@@ -38,24 +40,7 @@ from train_helpers import (
     train_cmd,
 )
 
-STEPS = 8
-EVERY = ("--checkpoint-every-steps", "2")
 TMP_MARK = ".orbax-checkpoint-tmp"
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax_cache")
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory, cache_dir):
-    """An uninterrupted run (checkpoints 4, 6, 8 kept): the reference, and a workdir to copy."""
-    workdir = tmp_path_factory.mktemp("straight") / "run"
-    result = run_train(workdir, "--max-steps", str(STEPS), *EVERY, cache_dir=cache_dir)
-    assert result.returncode == 0, result.stderr
-    assert checkpoint_steps(workdir) == [4, 6, 8]
-    return workdir
 
 
 def copy_run(source: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:

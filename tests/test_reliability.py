@@ -33,46 +33,15 @@ from test_faults import (
     truncate_files,
 )
 from train_helpers import (
+    EVERY,
+    STEPS,
     checkpoint_steps,
     cli_env,
     load_checkpoint,
     run_train,
+    start_long_run,
     train_cmd,
 )
-
-STEPS = 8
-EVERY = ("--checkpoint-every-steps", "2")
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax_cache")
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory, cache_dir):
-    """An uninterrupted run with checkpoints 4, 6 and 8: the reference, and a workdir to copy."""
-    workdir = tmp_path_factory.mktemp("straight") / "run"
-    result = run_train(workdir, "--max-steps", str(STEPS), *EVERY, cache_dir=cache_dir)
-    assert result.returncode == 0, result.stderr
-    assert checkpoint_steps(workdir) == [4, 6, 8]
-    return workdir
-
-
-def start_long_run(workdir, cache_dir) -> subprocess.Popen:
-    """A run that goes on for minutes; returns once it has saved a checkpoint."""
-    proc = subprocess.Popen(
-        train_cmd(workdir, "--max-steps", "2000", *EVERY),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(cache_dir),
-    )
-    deadline = time.time() + 240
-    while not checkpoint_steps(workdir) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()[1]
-    return proc
 
 
 def warning_lines(stderr: str) -> list[str]:

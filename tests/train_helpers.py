@@ -7,8 +7,13 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
+
+# The reference run of the fault tests: 8 steps, a checkpoint every 2 (4, 6, 8 kept).
+STEPS = 8
+EVERY = ("--checkpoint-every-steps", "2")
 
 # A tiny network on the offline digits data keeps every run to seconds.
 TINY_ARGS = [
@@ -74,3 +79,19 @@ def load_checkpoint(workdir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
         tree = manager.restore(step, args=ocp.args.StandardRestore())
     flat = jax.tree_util.tree_leaves_with_path(tree)
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
+
+
+def start_long_run(workdir: pathlib.Path, cache_dir=None, *args: str) -> subprocess.Popen:
+    """A run that would go on for minutes; returns once it has saved a checkpoint."""
+    proc = subprocess.Popen(
+        train_cmd(workdir, "--max-steps", "2000", "--checkpoint-every-steps", "2", *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(cache_dir),
+    )
+    deadline = time.time() + 240
+    while not checkpoint_steps(workdir) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    return proc

@@ -185,9 +185,9 @@ def summarise(
 _COMPILE = {"seconds": 0.0, "cache_hits": 0}
 
 
-def _on_duration(event: str, seconds: float, **kwargs: Any) -> None:
+def _on_duration(event: str, duration_secs: float, **kwargs: Any) -> None:
     if event == "/jax/core/compile/backend_compile_duration":
-        _COMPILE["seconds"] += seconds
+        _COMPILE["seconds"] += duration_secs
 
 
 def _on_event(event: str, **kwargs: Any) -> None:
