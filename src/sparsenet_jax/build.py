@@ -73,6 +73,11 @@ class Run:
 
     def abstract_state(self) -> steps.TrainState:
         """Shapes, dtypes and shardings of the state, allocating nothing."""
+        return self._abstract_state
+
+    @functools.cached_property
+    def _abstract_state(self) -> steps.TrainState:
+        # Traced once: the parameter count, the memory estimate and aot all need it.
         shapes = jax.eval_shape(
             lambda: steps.create_train_state(
                 self.model, self.tx, self.config.seed, (1, *self.image_shape)
