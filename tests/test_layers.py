@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -152,3 +155,86 @@ def test_pointwise_as_dot_matches_nn_conv(name, overrides):
         assert one_by_one > 0
         count = ops(as_conv).count("conv_general_dilated")
         assert ops(as_dot).count("conv_general_dilated") == count - one_by_one
+
+
+@contextlib.contextmanager
+def _sharing(share):
+    """Models built while it is open use blocks with ``share_stats=share``."""
+    from sparsenet_jax import layers, models
+
+    original = models.AggregationBlock
+    models.AggregationBlock = functools.partial(layers.AggregationBlock, share_stats=share)
+    try:
+        yield
+    finally:
+        models.AggregationBlock = original
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("sparsenet-25-6", {}),
+        ("sparsenet-bc-46-6", {}),
+        ("densenet-13-6", {}),
+        ("sparsenet-25-6", {"remat": True}),
+        ("sparsenet-25-6", {"dropout_rate": 0.2}),
+    ],
+)
+def test_shared_batch_statistics_match_per_reader_statistics(name, overrides):
+    """Each output's BatchNorm statistics computed once and shared by its readers: the same
+    logits, loss, running averages and gradients as every reader computing its own (float64,
+    so that a wrong statistic could not hide in float32 noise)."""
+    with _float64():
+        model = sj.create_model(name, dtype=jnp.float64, param_dtype=jnp.float64, **overrides)
+        x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3), jnp.float64)
+        variables = sj.init_variables(model, 0)
+
+        def loss(params):
+            out, updates = model.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": jax.random.key(3)},
+            )
+            return jnp.sum(out**2), (out, updates["batch_stats"])
+
+        results = []
+        for share in (False, True):
+            with _sharing(share):  # traced inside: the block is looked up when applied
+                grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+                results.append(grad(variables["params"]))
+        chex.assert_trees_all_close(results[1], results[0], atol=1e-10, rtol=1e-10)
+
+
+def _reduced_elements(jaxpr):
+    """Elements summed by every reduce_sum in ``jaxpr`` and the jaxprs it calls."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "reduce_sum":
+            total += eqn.invars[0].aval.size
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _reduced_elements(inner)
+    return total
+
+
+def test_shared_statistics_skip_the_readers_reductions():
+    """With sharing, a unit's first BatchNorm reduces nothing: its statistics come from the
+    outputs it reads, each reduced once over its own channels."""
+    x = jnp.ones((2, 32, 32, 3))
+    model = sj.create_model("densenet-22-6")
+    variables = sj.init_variables(model, 0)
+
+    def reduced(share):
+        with _sharing(share):
+            jaxpr = jax.make_jaxpr(
+                lambda v: model.apply(v, x, train=True, mutable=["batch_stats"])
+            )(variables)
+        return _reduced_elements(jaxpr.jaxpr)
+
+    # DenseNet: unit l reads l outputs, so per-reader statistics reduce O(n²) channels
+    # (measured: 0.42 of the elements at 6 units a block, 0.24 at 12).
+    assert reduced(True) < 0.5 * reduced(False)
