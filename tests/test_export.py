@@ -9,6 +9,7 @@ import sys
 
 import chex
 import jax
+import jax.export
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ print("flax-free")
 _LOADS = {
     "package": "from sparsenet_jax.exported import load_exported\npredict = load_exported(sys.argv[1])",
     "jax_only": (
-        "import jax\n"
+        "import jax\nimport jax.export\n"
         "predict = jax.export.deserialize(bytearray(open(sys.argv[1], 'rb').read())).call"
     ),
 }

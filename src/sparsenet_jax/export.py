@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.export  # jax < 0.8 does not load this submodule with `import jax`
 import jax.numpy as jnp
 
 from sparsenet_jax.models import SparseNet

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import jax
+import jax.export  # jax < 0.8 does not load this submodule with `import jax`
 import jax.numpy as jnp
 
 
