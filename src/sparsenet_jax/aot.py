@@ -47,8 +47,13 @@ INSTALL_HINT = (
     "compiling for TPU needs libtpu: pip install 'sparsenet_jax[tpu]' "
     f"(jax[tpu] pinned to the tested jax, {jax.__version__})"
 )
-# The TPU compiler refuses a program larger than HBM: "Used 20.31G of 15.75G hbm".
-_OOM_RE = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm")
+# The TPU compiler refuses a program larger than HBM, in one of two wordings (libtpu
+# 0.0.42): "... HLO temporaries (28.98G) exceeds available HBM (15.75G)" or
+# "Used 20.31G of 15.75G hbm". G is GiB.
+_OOM_RES = (
+    re.compile(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"),
+    re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm"),
+)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": GiB, "T": 1024**4}
 
 
@@ -142,7 +147,7 @@ def compile_step(step: Callable[..., Any], *args: Any) -> StepCost:
     try:
         compiled = lowered.compile()
     except Exception as err:  # XlaRuntimeError: RESOURCE_EXHAUSTED
-        match = _OOM_RE.search(str(err))
+        match = next((m for r in _OOM_RES if (m := r.search(str(err)))), None)
         if match is None:
             raise
         need, capacity = (float(match[i]) * _UNITS[match[i + 1]] for i in (1, 3))
