@@ -24,6 +24,7 @@ import pytest
 from sparsenet_jax import steps
 from sparsenet_jax.checkpoints import Checkpoints
 from sparsenet_jax.errors import TrainingError
+from sparsenet_jax.signals import StopRequested, StopSignals
 from sparsenet_jax.workdir import write_atomic
 from test_faults import (
     assert_one_clear_error,
@@ -216,6 +217,27 @@ def test_a_signal_during_start_up_stops_at_once(tmp_path, signum, code):
     assert proc.returncode == code, err
     assert "Traceback" not in err
     assert "nothing to save" in err or "saved checkpoint at step" in err
+
+
+def test_a_start_up_signal_wrapped_by_a_library_still_stops_the_run():
+    """jax 0.7 turns an exception raised inside tracing into a plain Exception
+    ("couldn't apply typeof to args"); the stop must still read as the signal."""
+
+    def library_call():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here, raising StopRequested
+        except BaseException as err:
+            raise RuntimeError("couldn't apply typeof to args") from err
+
+    with pytest.raises(StopRequested) as caught, StopSignals():
+        library_call()
+    assert caught.value.signum == signal.SIGINT
+
+
+def test_an_ordinary_error_at_start_up_stays_an_error():
+    with pytest.raises(ValueError), StopSignals():
+        raise ValueError("bad")
 
 
 @pytest.mark.slow

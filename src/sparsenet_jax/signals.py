@@ -39,6 +39,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.armed = False
+        self._startup_signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     @property
@@ -57,16 +58,25 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if not self.armed:
+            self._startup_signum = signum
             raise StopRequested(signum)
         if self.signum is not None:  # asked twice: do not wait for the save
             print(f"{signal.Signals(signum).name} again: stopping now", file=sys.stderr)
             os._exit(128 + signum)
         self.signum = signum
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+        # The signal's StopRequested is raised wherever Python happens to be, and
+        # library code may turn it into another error on its way out (jax 0.7's
+        # tracer wraps it as "couldn't apply typeof to args"): the signal is
+        # still the reason the run stopped.
+        if self._startup_signum is not None and isinstance(exc, Exception):
+            raise StopRequested(self._startup_signum) from exc
 
 
 class HoldBackgroundErrors:
