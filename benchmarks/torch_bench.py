@@ -46,11 +46,16 @@ def bench_torch(
     how: Repeats | None = None,
     threads: int | None = None,
     seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Train and eval images/s of the PyTorch eager peer of one preset.
 
     ``how`` says how to time them (default :class:`timing.Repeats`); ``threads``
-    defaults to every core this process may use.
+    defaults to every core this process may use. ``device`` is a torch device
+    ("cuda" for a GPU: each timed call waits for the GPU to finish); ``dtype``
+    "bfloat16" runs the forward pass under ``torch.autocast`` with float32
+    parameters, PyTorch's counterpart of our bf16 compute with fp32 parameters.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -61,25 +66,35 @@ def bench_torch(
     threads = threads or machine_info()["cores"]
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = True  # the peer's best convolution algorithms
     config, net = peer_network(name, batch, model_kwargs)
+    net = net.to(device)
     opt = torch_peer.make_sgd(net)
     info = data_lib.dataset_info(config.dataset)
     shape = (info.image_size, info.image_size, info.channels)
     arrays = fake_arrays(batch, shape, info.num_classes, seed)
     pixels = (arrays["image"].astype(np.float32) - 127.5) / 64.0  # the values do not matter
-    x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # NHWC → NCHW
-    y = torch.from_numpy(arrays["label"].astype(np.int64))
+    x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))).to(device)  # NCHW
+    y = torch.from_numpy(arrays["label"].astype(np.int64)).to(device)
+    low = dtype != "float32"
+    autocast = lambda: torch.autocast(x.device.type, getattr(torch, dtype), enabled=low)  # noqa: E731
+    wait = torch.cuda.synchronize if x.device.type == "cuda" else lambda: None
 
     def train_once() -> None:
         net.train()
-        torch_peer.train_step(net, opt, x, y)
+        torch_peer.train_step(net, opt, x, y, autocast())
+        wait()
 
     def eval_once() -> None:
         net.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             net(x)
+        wait()
 
-    result: dict[str, Any] = {"preset": name, "threads": threads}
+    result: dict[str, Any] = {"preset": name, "threads": threads, "device": str(x.device)}
+    result["dtype"] = dtype
+    if x.device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(x.device)
     result["params"] = torch_peer.count_params(net)
     # An independent FLOP count (convs and matmuls only, no BN or elementwise ops)
     # to sanity-check XLA's cost analysis, which counts those too.

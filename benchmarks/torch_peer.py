@@ -23,6 +23,7 @@ Only the CIFAR stem is implemented (the benchmarks use 32×32 inputs).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -303,11 +304,20 @@ def make_sgd(
 
 
 def train_step(
-    net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    autocast: contextlib.AbstractContextManager[Any] | None = None,
 ) -> torch.Tensor:
-    """One SGD step on softmax cross-entropy; returns the (detached) loss."""
+    """One SGD step on softmax cross-entropy; returns the (detached) loss.
+
+    ``autocast`` (e.g. ``torch.autocast("cuda", torch.bfloat16)``) wraps the
+    forward pass only, as PyTorch's mixed-precision recipe does.
+    """
     opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(net(x), y)
+    with autocast or contextlib.nullcontext():
+        loss = F.cross_entropy(net(x), y)
     loss.backward()
     opt.step()
     return loss.detach()
