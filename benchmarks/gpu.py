@@ -9,10 +9,10 @@ Three measurements, each in a fresh process so that neither framework holds
 GPU memory while the other runs:
 
 1. ours: every (preset, dtype) run is built with ``build_run`` (the cifar10
-   recipe's step: uint8 batch in, on-device augmentation, SGD update). Their
-   steps are compiled at once in threads (a GPU machine has the cores; the
-   compile times are therefore taken side by side and say so), then each is
-   timed alone.
+   recipe's step: uint8 batch in, on-device augmentation, SGD update),
+   compiled and timed, one after another. (Compiling them side by side in
+   threads was tried on an H200: XLA:GPU's autotuners then share the GPU, and
+   eight compiles had not finished after 480 s, where one takes 14-31 s.)
 2. the PyTorch eager peer (``torch_bench.bench_torch``): the same networks,
    float32, or bfloat16 autocast over float32 parameters; cuDNN autotuning on.
 3. the cifar10 recipe itself on synthetic data: its network, batch and dtype,
@@ -26,7 +26,6 @@ Writes ``gpu-<date>.json`` and ``.md`` to ``--out-dir``.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import datetime as dt
 import json
 import pathlib
@@ -55,37 +54,33 @@ def gpu_name() -> str:
 def bench_ours(
     presets: Sequence[str], dtypes: Sequence[str], batch: int, how: Repeats
 ) -> list[dict[str, Any]]:
-    """Our steps of every (preset, dtype): compiled side by side, then timed one at a time."""
+    """Our steps of every (preset, dtype), compiled and timed one after another."""
+    setup_jax()
+    return [bench_one(p, d, batch, how) for p in presets for d in dtypes]
+
+
+def bench_one(preset: str, dtype: str, batch: int, how: Repeats) -> dict[str, Any]:
+    """Compile time, XLA memory and train/eval images/s of one run's steps on this device."""
     import jax
 
     from sparsenet_jax.build import build_run
 
-    setup_jax()
-    jobs = [(p, d) for p in presets for d in dtypes]
-    runs = [build_run(bench_config(p, batch, {"dtype": d})) for p, d in jobs]
-    states = [run.init_state() for run in runs]
-    batches = [(fake_batch(run, True), fake_batch(run, False)) for run in runs]
-    log(f"ours: compiling {len(jobs)} runs' steps in threads")
-    with cf.ThreadPoolExecutor(len(jobs)) as pool:
-        compiled = list(pool.map(compile_steps, runs, states, *zip(*batches, strict=True)))
-    results = []
-    for (preset, dtype), run, (train, evaluate, fields), (train_data, eval_data), state in zip(
-        jobs, runs, compiled, batches, states, strict=True
-    ):
-        holder = {"state": state}  # the train step donates it: keep the newest
+    run = build_run(bench_config(preset, batch, {"dtype": dtype}))
+    holder = {"state": run.init_state()}  # the train step donates it: keep the newest
+    train_data, eval_data = fake_batch(run, True), fake_batch(run, False)
+    train, evaluate, fields = compile_steps(run, holder["state"], train_data, eval_data)
 
-        def train_once() -> None:
-            holder["state"], metrics = train(holder["state"], train_data)  # noqa: B023
-            jax.block_until_ready((holder["state"], metrics))  # noqa: B023
+    def train_once() -> None:
+        holder["state"], metrics = train(holder["state"], train_data)
+        jax.block_until_ready((holder["state"], metrics))
 
-        def eval_once() -> None:
-            jax.block_until_ready(evaluate(holder["state"], eval_data))  # noqa: B023
+    def eval_once() -> None:
+        jax.block_until_ready(evaluate(holder["state"], eval_data))
 
-        result = {"preset": preset, "dtype": dtype, "params": run.num_params, **fields}
-        result.update(time_train_eval(f"jax {preset} {dtype}", train_once, eval_once, how, batch))
-        result["device"] = gpu_name()
-        results.append(result)
-    return results
+    result = {"preset": preset, "dtype": dtype, "params": run.num_params, **fields}
+    result.update(time_train_eval(f"jax {preset} {dtype}", train_once, eval_once, how, batch))
+    result["device"] = gpu_name()
+    return result
 
 
 def bench_peers(
@@ -158,8 +153,7 @@ def render(results: dict[str, Any]) -> str:
         f"`python benchmarks/gpu.py {' '.join(results['argv'])}` at {results['git']}; "
         f"versions {json.dumps(results['versions'])}. Batch {results['batch']} of 32×32×3 "
         "uint8 images; ours = the trainer's step (on-device augmentation, SGD update); "
-        "peer = PyTorch eager, same network, bfloat16 = autocast over float32 parameters. "
-        "Our compile times were taken with all steps compiling side by side in threads.",
+        "peer = PyTorch eager, same network, bfloat16 = autocast over float32 parameters.",
         "",
         *table_head(
             [

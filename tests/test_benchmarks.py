@@ -114,6 +114,47 @@ def test_peer_bench_smoke() -> None:
     assert out["torch_counted_train_flops"] > 0
 
 
+def test_peer_bench_bfloat16_autocast() -> None:
+    pytest.importorskip("torch")
+    torch_bench, timing = _load("torch_bench"), _load("timing")
+    out = torch_bench.bench_torch(
+        "sparsenet-13-6", batch=8, how=timing.Repeats(1, 1, 1), dtype="bfloat16"
+    )
+    assert out["dtype"] == "bfloat16" and out["device"] == "cpu"
+    assert out["train_images_per_s"] > 0 and out["eval_images_per_s"] > 0
+
+
+def test_gpu_script_measures_ours_and_the_peer(tmp_path) -> None:
+    """benchmarks/gpu.py end to end, with the peer on the CPU: both rows, the files."""
+    pytest.importorskip("torch")
+    gpu = _load("gpu")
+    argv = ["--presets", "sparsenet-13-6", "--dtypes", "bfloat16", "--batch", "8"]
+    argv += ["--repeats", "1", "--steps", "1", "--recipe-dtypes", "--peer-device", "cpu"]
+    gpu.main([*argv, "--out-dir", str(tmp_path)])
+    (json_path,) = tmp_path.glob("gpu-*.json")
+    results = json.loads(json_path.read_text())
+    (ours,), (peer,) = results["ours"], results["peer"]
+    assert ours["preset"] == peer["preset"] == "sparsenet-13-6"
+    assert ours["dtype"] == peer["dtype"] == "bfloat16"
+    assert ours["params"] == peer["params"]
+    for row in (ours, peer):
+        assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0
+    assert json_path.with_suffix(".md").read_text() == gpu.render(results)
+    assert "| `sparsenet-13-6` | bfloat16 |" in gpu.render(results)
+
+
+@pytest.mark.slow
+def test_recipe_timing_projects_an_epoch_from_its_steps() -> None:
+    gpu = _load("gpu")
+    out = gpu.time_recipe(1.0, "float32")
+    assert out["model"] == "sparsenet-40-24" and out["batch"] == 64 and out["epochs"] == 300
+    assert out["timed_steps"] >= 8 and out["train_step_s"] > 0 and out["eval_step_s"] > 0
+    steps_per_epoch = 50_000 // 64
+    expected = steps_per_epoch * out["train_step_s"] + 20 * out["eval_step_s"]
+    assert out["epoch_s"] == pytest.approx(expected)
+    assert out["recipe_hours"] == pytest.approx(out["epoch_s"] * 300 / 3600)
+
+
 def test_suite_in_process_writes_json_and_markdown(tmp_path) -> None:
     """The whole CLI on a tiny preset, in process: our steps, a compile point, the files."""
     run = _load("run")
