@@ -15,6 +15,7 @@ import typing
 import pytest
 
 from sparsenet_jax import config as config_lib
+from sparsenet_jax import flags
 from sparsenet_jax.config import ConfigError, TrainConfig
 
 PREFIX = "python -m sparsenet_jax.train: error: "
@@ -23,7 +24,7 @@ PREFIX = "python -m sparsenet_jax.train: error: "
 def bad_invocation(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[str]:
     """Run parse_args on a bad command line; check the shape of what the user sees."""
     with pytest.raises(SystemExit) as exit_info:
-        config_lib.parse_args(argv)
+        flags.parse_args(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     lines = err.splitlines()
@@ -47,20 +48,18 @@ class _Clip:
 def test_flag_types_come_from_the_annotations():
     hints = typing.get_type_hints(TrainConfig)
     assert hints["num_processes"] == int | None
-    assert config_lib.parse_args(["--num-processes", "2"]).num_processes == 2
-    args = config_lib.build_parser(config_cls=_Clip).parse_args(["--clip", "0.5", "--steps", "1,2"])
+    assert flags.parse_args(["--num-processes", "2"]).num_processes == 2
+    args = flags.build_parser(config_cls=_Clip).parse_args(["--clip", "0.5", "--steps", "1,2"])
     assert args.clip == 0.5 and isinstance(args.clip, float)  # not the string "0.5"
     assert args.steps == (1.0, 2.0)
-    config = config_lib.parse_args(
-        ["--recipe", "digits", "--model-kwargs", '{"dropout_rate": 0.2}']
-    )
+    config = flags.parse_args(["--recipe", "digits", "--model-kwargs", '{"dropout_rate": 0.2}'])
     assert config.model_kwargs == {"dropout_rate": 0.2}
-    assert config_lib.parse_args(["--recipe", "digits", "--nesterov", "off"]).nesterov is False
+    assert flags.parse_args(["--recipe", "digits", "--nesterov", "off"]).nesterov is False
 
 
 def test_float_or_none_flag_rejects_text(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        config_lib.build_parser(config_cls=_Clip).parse_args(["--clip", "abc"])
+        flags.build_parser(config_cls=_Clip).parse_args(["--clip", "abc"])
     assert exit_info.value.code == 2
     assert "argument --clip: invalid float value: 'abc'" in capsys.readouterr().err
 
@@ -71,19 +70,19 @@ def test_unsupported_annotation_raises_when_the_parser_is_built():
         sizes: list[int] = dataclasses.field(default_factory=list, metadata={"help": "sizes"})
 
     with pytest.raises(TypeError, match=r"no command-line parser for the annotation list\[int\]"):
-        config_lib.build_parser(config_cls=Bad)
+        flags.build_parser(config_cls=Bad)
 
     @dataclasses.dataclass
     class NoHelp:
         size: int = 3
 
     with pytest.raises(TypeError, match=r"NoHelp\.size: no metadata"):
-        config_lib.build_parser(config_cls=NoHelp)
+        flags.build_parser(config_cls=NoHelp)
 
 
 def test_help_comes_from_metadata_in_groups(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        config_lib.parse_args(["--help"])
+        flags.parse_args(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     flat = " ".join(text.split())
@@ -106,27 +105,27 @@ def test_help_comes_from_metadata_in_groups(capsys):
     [["--batch_size", "32"], ["--batch-size", "32"], ["--batch_size=32"], ["--batch-size=32"]],
 )
 def test_both_flag_spellings(argv):
-    assert config_lib.parse_args(["--recipe", "digits", *argv]).batch_size == 32
+    assert flags.parse_args(["--recipe", "digits", *argv]).batch_size == 32
 
 
 def test_every_field_takes_both_spellings():
-    parser = config_lib.build_parser()
-    flags = {s for action in parser._actions for s in action.option_strings}
+    parser = flags.build_parser()
+    spellings = {s for action in parser._actions for s in action.option_strings}
     for field in dataclasses.fields(TrainConfig):
-        assert {"--" + field.name, "--" + field.name.replace("_", "-")} <= flags
+        assert {"--" + field.name, "--" + field.name.replace("_", "-")} <= spellings
 
 
 def test_recipes_set_defaults_and_flags_override():
-    digits = config_lib.parse_args(["--recipe", "digits"])
+    digits = flags.parse_args(["--recipe", "digits"])
     assert (digits.model, digits.dataset, digits.workdir) == (
         "sparsenet-13-8",
         "digits",
         "runs/digits",
     )
     assert digits.augment_flip is False and digits.lr_boundaries == (12.0, 17.0)
-    imagenet = config_lib.parse_args(["--recipe", "imagenet", "--epochs", "5", "--workdir", "w"])
+    imagenet = flags.parse_args(["--recipe", "imagenet", "--epochs", "5", "--workdir", "w"])
     assert (imagenet.batch_size, imagenet.epochs, imagenet.workdir) == (256, 5, "w")
-    assert config_lib.parse_args([]) == config_lib.from_dict({"workdir": "runs/cifar10"})
+    assert flags.parse_args([]) == config_lib.from_dict({"workdir": "runs/cifar10"})
 
 
 def test_parse_with_extras_returns_just_the_extras(capsys):
@@ -134,7 +133,7 @@ def test_parse_with_extras_returns_just_the_extras(capsys):
         parser.add_argument("--topology", default="v5e-8")
         parser.add_argument("--json", action="store_true")
 
-    config, extras = config_lib.parse_with_extras(
+    config, extras = flags.parse_with_extras(
         ["--recipe", "digits", "--batch_size", "32", "--json"],
         prog="python -m sparsenet_jax.aot",
         add_extra=add_extra,
@@ -142,7 +141,7 @@ def test_parse_with_extras_returns_just_the_extras(capsys):
     assert config.batch_size == 32 and config.dataset == "digits"
     assert vars(extras) == {"topology": "v5e-8", "json": True}
     with pytest.raises(SystemExit) as exit_info:
-        config_lib.parse_with_extras(
+        flags.parse_with_extras(
             ["--dtype", "bf16"], prog="python -m sparsenet_jax.aot", add_extra=add_extra
         )
     assert exit_info.value.code == 2
@@ -204,7 +203,7 @@ def test_model_that_does_not_fit_the_dataset(recipe, model, stem, capsys):
 
 def test_an_explicit_stem_is_a_choice():
     argv = ["--recipe", "digits", "--model", "sparsenet-121-32", "--model-kwargs"]
-    config = config_lib.parse_args([*argv, '{"stem": "cifar"}'])
+    config = flags.parse_args([*argv, '{"stem": "cifar"}'])
     assert config.model_kwargs == {"stem": "cifar"}
 
 
@@ -231,11 +230,11 @@ def test_bad_flag_through_the_real_cli(tmp_path):
 
 
 def test_new_fields_and_their_defaults():
-    config = config_lib.parse_args(["--recipe", "digits"])
+    config = flags.parse_args(["--recipe", "digits"])
     assert config.compilation_cache_dir == "auto" and config.dtype == "auto"
     assert config_lib.DTYPES == ("auto", "float32", "bfloat16")
     argv = ["--recipe", "digits", "--compilation-cache-dir", "none", "--dtype", "bfloat16"]
-    config = config_lib.parse_args(argv)
+    config = flags.parse_args(argv)
     assert (config.compilation_cache_dir, config.dtype) == ("none", "bfloat16")
 
 
@@ -244,7 +243,7 @@ def test_identity_fields():
         *("model", "model_kwargs", "dataset", "dtype"),
         *("seed", "batch_size", "augment_pad", "augment_flip"),
     )
-    config = config_lib.parse_args(["--recipe", "digits", "--seed", "7"])
+    config = flags.parse_args(["--recipe", "digits", "--seed", "7"])
     identity = config_lib.identity(config)
     assert identity["seed"] == 7 and identity["augment_flip"] is False
     assert set(identity) == set(config_lib.IDENTITY_FIELDS)
@@ -272,6 +271,6 @@ def test_from_dict_names_the_bad_field(values, message):
 def test_from_dict_round_trips_json():
     import json
 
-    config = config_lib.parse_args(["--recipe", "digits", "--lr", "1"])
+    config = flags.parse_args(["--recipe", "digits", "--lr", "1"])
     again = config_lib.from_dict(json.loads(config_lib.to_json(config)))
     assert again == config and again.lr_boundaries == (12.0, 17.0)

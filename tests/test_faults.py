@@ -27,7 +27,7 @@ import time
 import numpy as np
 import pytest
 
-from sparsenet_jax import config as config_lib
+from sparsenet_jax import flags
 from sparsenet_jax.presets import create_model
 from train_helpers import (
     EVERY,
@@ -354,7 +354,7 @@ BAD_FLAGS = [
 )
 def test_bad_flag_exits_2_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        config_lib.parse_args(["--recipe", "digits", *args])
+        flags.parse_args(["--recipe", "digits", *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err

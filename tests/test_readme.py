@@ -26,7 +26,7 @@ def _commands(module: str) -> list[list[str]]:
 
 
 def test_readme_train_commands_parse():
-    from sparsenet_jax.config import parse_args
+    from sparsenet_jax.flags import parse_args
 
     commands = [c for c in _commands("sparsenet_jax.train") if c != ["--help"]]
     assert len(commands) >= 5

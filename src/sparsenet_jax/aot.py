@@ -34,8 +34,7 @@ from typing import Any
 
 import jax
 
-from sparsenet_jax import config as config_lib
-from sparsenet_jax import tpu_chips
+from sparsenet_jax import flags, tpu_chips
 from sparsenet_jax.build import Run, build_run
 from sparsenet_jax.config import TrainConfig
 from sparsenet_jax.errors import TrainingError
@@ -306,7 +305,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, extras = config_lib.parse_with_extras(argv, prog=PROG, add_extra=add_flags)
+    config, extras = flags.parse_with_extras(argv, prog=PROG, add_extra=add_flags)
     topology: Topology = extras.topology
     # Compile times are the point: a cached program would report none.
     jax.config.update("jax_enable_compilation_cache", False)

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import jax
 
-from sparsenet_jax import config as config_lib
 from sparsenet_jax import data as data_lib
+from sparsenet_jax import flags
 from sparsenet_jax.config import TrainConfig
 from sparsenet_jax.errors import TrainingError
 from sparsenet_jax.reporting import duration
@@ -92,7 +92,7 @@ def summary_line(config: TrainConfig, result: RunResult) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = config_lib.parse_args(argv)
+    config = flags.parse_args(argv)
     setup_logging()
     try:
         with HoldBackgroundErrors():
