@@ -13,6 +13,11 @@ import pytest
 import sparsenet_jax as sj
 from sparsenet_jax.schedule import Schedule, segments
 
+# The equivalence cases beyond one or two networks each run in the slow job
+# (`python -m pytest -m slow`): the default run keeps a sparse, a summing and
+# (where it differs) a dense network for every switch.
+SLOW = pytest.mark.slow
+
 
 def _float64():
     """A context in which jax computes in float64.
@@ -45,11 +50,11 @@ def _eval_train_grad(model, variables, x):
     ("name", "overrides"),
     [
         ("sparsenet-25-6", {}),
-        ("sparsenet-bc-46-6", {}),
-        ("sparsenet-25-6", {"base": 3}),
-        ("resnet-20", {}),
+        pytest.param("sparsenet-bc-46-6", {}, marks=SLOW),
+        pytest.param("sparsenet-25-6", {"base": 3}, marks=SLOW),
+        pytest.param("resnet-20", {}, marks=SLOW),
         ("sparse-resnet-20", {}),
-        ("densenet-13-6", {}),
+        pytest.param("densenet-13-6", {}, marks=SLOW),
     ],
 )
 @pytest.mark.parametrize(
@@ -121,7 +126,7 @@ def test_scan_graph_is_smaller():
 @pytest.mark.parametrize(
     ("name", "overrides"),
     [
-        ("sparsenet-bc-46-6", {}),
+        pytest.param("sparsenet-bc-46-6", {}, marks=SLOW),
         ("sparse-resnet-164", {"block_sizes": (2, 2, 2)}),  # bottleneck units: 2 of 3 are 1×1
         ("densenet-13-6", {}),  # 1×1 only in the transitions
     ],
@@ -174,10 +179,10 @@ def _sharing(share):
     ("name", "overrides"),
     [
         ("sparsenet-25-6", {}),
-        ("sparsenet-bc-46-6", {}),
+        pytest.param("sparsenet-bc-46-6", {}, marks=SLOW),
         ("densenet-13-6", {}),
-        ("sparsenet-25-6", {"remat": True}),
-        ("sparsenet-25-6", {"dropout_rate": 0.2}),
+        pytest.param("sparsenet-25-6", {"remat": True}, marks=SLOW),
+        pytest.param("sparsenet-25-6", {"dropout_rate": 0.2}, marks=SLOW),
     ],
 )
 def test_shared_batch_statistics_match_per_reader_statistics(name, overrides):
