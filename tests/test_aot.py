@@ -188,7 +188,7 @@ def test_aot_compiles_a_tiny_model_for_v5e(tmp_path):
     assert result["roofline_images_per_s"] > 0
     assert not list(tmp_path.iterdir())  # nothing cached: the compile times are real
     kwargs = result["model_kwargs"]
-    assert kwargs["dtype"] == "bfloat16"
+    assert kwargs["dtype"] == "bfloat16" and kwargs["share_stats"] is True  # TPU defaults
     model = create_model(result["model"], result["num_classes"], **kwargs)
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jax.numpy.zeros(model.default_input_shape))

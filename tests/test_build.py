@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparsenet_jax import build, steps
 from sparsenet_jax import config as config_lib
-from sparsenet_jax import steps
-from sparsenet_jax.build import build_run, resolve_dtype
+from sparsenet_jax.build import backend_defaults, build_run, resolve_dtype
 from sparsenet_jax.errors import TrainingError
 from sparsenet_jax.presets import create_model
 from sparsenet_jax.train import itstime
@@ -34,6 +34,20 @@ def test_auto_dtype_is_bfloat16_on_tpu_only():
     assert resolve_dtype("auto", "tpu") == "bfloat16"
     assert resolve_dtype("auto", "cpu") == resolve_dtype("auto", "gpu") == "float32"
     assert resolve_dtype("float32", "tpu") == "float32"
+
+
+def test_shared_statistics_are_the_tpu_default_only():
+    assert backend_defaults("tpu") == {"share_stats": True}
+    assert backend_defaults("cpu") == backend_defaults("gpu") == {}
+
+
+def test_backend_defaults_reach_the_model_and_model_kwargs_override_them(monkeypatch):
+    assert build_run(digits_config()).model.share_stats is False  # this CPU
+    monkeypatch.setattr(build, "backend_defaults", lambda platform: {"share_stats": True})
+    shared = build_run(digits_config())
+    assert shared.model.share_stats is True and shared.model_kwargs["share_stats"] is True
+    mine = build_run(digits_config(model_kwargs={"share_stats": False}))
+    assert mine.model.share_stats is False and mine.model_kwargs["share_stats"] is False
 
 
 def test_run_describes_the_config(run):

@@ -32,6 +32,18 @@ def resolve_dtype(dtype: str, platform: str) -> str:
     return "bfloat16" if platform == "tpu" else "float32"
 
 
+def backend_defaults(platform: str) -> dict[str, Any]:
+    """``create_model`` settings chosen by backend; ``--model-kwargs`` overrides them.
+
+    On TPU the networks are bound by memory traffic, and sharing each output's
+    BatchNorm statistics among its readers cuts the bytes a train step moves by
+    about a fifth (``benchmarks/results/tpu-compile-notes.md``). Elsewhere it is
+    off: on XLA:CPU it is no faster, and in float32 its other summation order
+    moves a reference SGD-step test past its bound. Same parameters either way.
+    """
+    return {"share_stats": True} if platform == "tpu" else {}
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """Everything a caller needs to train, evaluate or compile ahead of time.
@@ -127,7 +139,12 @@ def build_run(config: TrainConfig, devices: Sequence[jax.Device] | None = None) 
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
 
-    model_kwargs = {"in_channels": info.channels, "dtype": config.dtype, **config.model_kwargs}
+    model_kwargs = {
+        "in_channels": info.channels,
+        "dtype": config.dtype,
+        **backend_defaults(platform),
+        **config.model_kwargs,
+    }
     model = create_model(
         config.model, num_classes=info.num_classes, **{**model_kwargs, "dtype": _dtype(config)}
     )

@@ -92,9 +92,10 @@ class AggregationBlock(nn.Module):
     instead of storing them. ``share_stats`` (concatenation, unrolled, training):
     each output's BatchNorm batch statistics are computed once and handed to
     every unit that reads it (:mod:`sparsenet_jax.norms`); equal in float64,
-    fewer reductions and bytes moved. Off by default: in float32 its rounding
-    puts one leaf of the reference SGD step (sparsenet-bc-46-6) at 2.2% of the
-    update, over the 2% bound that catches a wrong optimizer convention.
+    fewer reductions and bytes moved. Off by default (``build_run`` turns it on
+    for TPU): in float32 its rounding puts one leaf of the reference SGD step
+    (sparsenet-bc-46-6) at 2.2% of the update, over the 2% bound that catches a
+    wrong optimizer convention.
     """
 
     num_layers: int

@@ -67,6 +67,10 @@ class SparseNet(nn.Module):
       remat: recompute unit activations in the backward pass (less memory).
       pointwise_as_dot: build 1×1 convolutions as matmuls (same parameters
         and outputs; a faster gradient on XLA:CPU). ``False`` = ``nn.Conv``.
+      share_stats: in training, compute each output's BatchNorm batch
+        statistics once and hand them to every unit that reads it (concatenating
+        blocks, unrolled); the same function, fewer reductions and bytes moved.
+        ``build_run`` turns it on for TPU unless ``model_kwargs`` says otherwise.
     """
 
     block_sizes: Sequence[int]
@@ -85,6 +89,7 @@ class SparseNet(nn.Module):
     block_impl: BlockImpl = "unrolled"
     remat: bool = False
     pointwise_as_dot: bool = True
+    share_stats: bool = False
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -200,6 +205,7 @@ class SparseNet(nn.Module):
                 unit=unit,
                 impl=self.block_impl,
                 remat=self.remat,
+                share_stats=self.share_stats,
                 name=f"dense-stage-{i}",
             )(x, train)
             maps.append(x)
