@@ -120,7 +120,8 @@ def _gib(num_bytes: float) -> str:
 
 
 def row_md(row: dict[str, Any]) -> str:
-    head = f"| `{row['model']}` | {row['dtype']} |"
+    stats = "shared" if row.get("model_kwargs", {}).get("share_stats") else "per reader"
+    head = f"| `{row['model']}` | {row['dtype']} | {stats} |"
     if "train_compile_s" not in row:
         return f"{head} {row.get('error', '')} |" + " |" * 7
     temp = max(row["train_memory"]["temp_bytes"], row["eval_memory"]["temp_bytes"])
@@ -152,11 +153,13 @@ def render(data: dict[str, Any]) -> str:
         "bytes and FLOPs are the train step's, from XLA's cost analysis; roofline = "
         "batch / max(FLOPs / 197 TFLOP/s, bytes / 819 GB/s) (v5e, "
         "https://cloud.google.com/tpu/docs/v5e; float32 at the bf16 peak: JAX's default "
-        "TPU precision is one bf16 pass).",
+        'TPU precision is one bf16 pass). BN stats: "shared" = each output\'s BatchNorm '
+        "statistics computed once for all its readers (`share_stats`, the TPU default since "
+        '2026-11-26); "per reader" = rows measured before that default.',
         "",
-        "| model | dtype | batch | train compile s (wall / CPU) | eval compile s | HBM GiB "
+        "| model | dtype | BN stats | batch | train compile s (wall / CPU) | eval compile s | HBM GiB "
         "| temp MiB | bytes accessed / image, MB | GFLOP / image | roofline img/s | busy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(row_md(r) for r in rows),
     ]
     missing = [m for m in CORE + REST if m not in {r["model"] for r in rows}]
