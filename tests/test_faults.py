@@ -422,6 +422,7 @@ def test_eval_batch_larger_than_the_test_set(tmp_path, cache_dir):
         ({"dtype": "int32"}, TypeError, "dtype must be a floating dtype, got 'int32'"),
         ({"remat": "yes"}, TypeError, "remat must be True or False, got 'yes'"),
         ({"pointwise_as_dot": 1}, TypeError, "pointwise_as_dot must be True or False, got 1"),
+        ({"share_stats": "on"}, TypeError, "share_stats must be True or False, got 'on'"),
     ],
 )
 def test_create_model_names_the_bad_value(kwargs, error, names):
