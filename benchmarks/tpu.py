@@ -125,10 +125,11 @@ def row_md(row: dict[str, Any]) -> str:
     if "train_compile_s" not in row:
         return f"{head} {row.get('error', '')} |" + " |" * 7
     temp = max(row["train_memory"]["temp_bytes"], row["eval_memory"]["temp_bytes"])
+    fit = "" if row.get("fits", True) else f" (over the chip's {_gib(row['hbm_capacity_bytes'])})"
     return (
         f"{head} {row['batch_size']} | {row['train_compile_s']:.0f} / "
         f"{row['train_compile_cpu_s']:.0f} | {row['eval_compile_s']:.0f} / "
-        f"{row['eval_compile_cpu_s']:.0f} | {_gib(row['hbm_bytes'])} | {temp / 2**20:,.0f} | "
+        f"{row['eval_compile_cpu_s']:.0f} | {_gib(row['hbm_bytes'])}{fit} | {temp / 2**20:,.0f} | "
         f"{row['bytes_accessed_per_image'] / 1e6:,.1f} | "
         f"{row['flops_per_step'] / row['batch_size'] / 1e9:.2f} | "
         f"{row['roofline_images_per_s']:,.0f} ({row['roofline_bound']}) | "
