@@ -33,10 +33,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jax_bench import bench_config, compile_steps, fake_batch, setup_jax
+from jax_bench import bench_jax, fake_batch, setup_jax
 from machine import HERE, git_revision, log, machine_info, versions
 from report import fmt, row, table_head
-from timing import Repeats, run_isolated, time_train_eval
+from timing import Repeats, best_seconds, run_isolated
 from torch_bench import bench_torch
 
 PRESETS = ("sparsenet-40-24", "densenet-40-12", "sparsenet-bc-100-24", "densenet-bc-100-12")
@@ -54,33 +54,12 @@ def gpu_name() -> str:
 def bench_ours(
     presets: Sequence[str], dtypes: Sequence[str], batch: int, how: Repeats
 ) -> list[dict[str, Any]]:
-    """Our steps of every (preset, dtype), compiled and timed one after another."""
-    setup_jax()
-    return [bench_one(p, d, batch, how) for p in presets for d in dtypes]
-
-
-def bench_one(preset: str, dtype: str, batch: int, how: Repeats) -> dict[str, Any]:
-    """Compile time, XLA memory and train/eval images/s of one run's steps on this device."""
-    import jax
-
-    from sparsenet_jax.build import build_run
-
-    run = build_run(bench_config(preset, batch, {"dtype": dtype}))
-    holder = {"state": run.init_state()}  # the train step donates it: keep the newest
-    train_data, eval_data = fake_batch(run, True), fake_batch(run, False)
-    train, evaluate, fields = compile_steps(run, holder["state"], train_data, eval_data)
-
-    def train_once() -> None:
-        holder["state"], metrics = train(holder["state"], train_data)
-        jax.block_until_ready((holder["state"], metrics))
-
-    def eval_once() -> None:
-        jax.block_until_ready(evaluate(holder["state"], eval_data))
-
-    result = {"preset": preset, "dtype": dtype, "params": run.num_params, **fields}
-    result.update(time_train_eval(f"jax {preset} {dtype}", train_once, eval_once, how, batch))
-    result["device"] = gpu_name()
-    return result
+    """Our steps of every (preset, dtype) (``jax_bench.bench_jax``), one after another."""
+    return [
+        {**bench_jax(p, batch, {"dtype": d}, how), "dtype": d, "device": gpu_name()}
+        for p in presets
+        for d in dtypes
+    ]
 
 
 def bench_peers(
@@ -101,7 +80,6 @@ def time_recipe(seconds: float, dtype: str) -> dict[str, Any]:
 
     from sparsenet_jax import config as config_lib
     from sparsenet_jax.build import build_run
-    from timing import best_seconds
 
     setup_jax()
     config = config_lib.from_dict({**config_lib.RECIPES[RECIPE], "recipe": RECIPE, "dtype": dtype})

@@ -73,7 +73,7 @@ def test_not_fit_message_is_one_line_in_gib():
 @pytest.mark.parametrize(
     "message",
     [
-        # What libtpu 0.0.42 said for sparsenet-40-24 at batch 8192, float32 (need 28.98G):
+        # The wording libtpu 0.0.42 used for sparsenet-40-24 at batch 8192 (there 28.98G):
         "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
         "temporaries (20.31G) exceeds available HBM (15.75G).",
         "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in "
