@@ -138,7 +138,7 @@ def _suggest(value: str, choices: Sequence[str]) -> str:
 
 def validate(config: TrainConfig) -> TrainConfig:
     """Check types, names and ranges; raise :class:`ConfigError` naming the field."""
-    for name, hint in _HINTS.items():
+    for name, hint in FIELD_TYPES.items():
         if not _matches(value := getattr(config, name), hint):
             shown = hint.__name__ if isinstance(hint, type) else str(hint)
             raise ConfigError(f"{name}: expected {shown.replace('typing.', '')}, got {value!r}")
@@ -226,14 +226,15 @@ def to_json(config: TrainConfig) -> str:
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
     """A validated config from plain values (a JSON list is fine for a tuple field)."""
-    unknown = sorted(set(values) - set(_HINTS))
+    unknown = sorted(set(values) - set(FIELD_TYPES))
     if unknown:
         raise ConfigError(f"unknown config field(s) {unknown}")
     values = {
-        k: tuple(v) if typing.get_origin(_HINTS[k]) is tuple and isinstance(v, list) else v
+        k: tuple(v) if typing.get_origin(FIELD_TYPES[k]) is tuple and isinstance(v, list) else v
         for k, v in values.items()
     }
     return validate(TrainConfig(**values))
 
 
-_HINTS: dict[str, Any] = typing.get_type_hints(TrainConfig)
+# Each field's annotation, resolved: what validate() checks and what flags.py parses.
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)

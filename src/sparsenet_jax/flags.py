@@ -19,7 +19,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from sparsenet_jax.config import _HINTS, RECIPES, ConfigError, TrainConfig, from_dict
+from sparsenet_jax.config import FIELD_TYPES, RECIPES, ConfigError, TrainConfig, from_dict
 
 PROG = "python -m sparsenet_jax.train"
 
@@ -73,7 +73,7 @@ def _converter(hint: Any) -> tuple[Callable[[str], Any], str | None]:
     raise TypeError(f"no command-line parser for the annotation {hint!r}")
 
 
-_PARSED = [_converter(hint) for hint in _HINTS.values()]  # raises for a field no flag can fill
+_PARSED = [_converter(hint) for hint in FIELD_TYPES.values()]  # raises for a field no flag can fill
 
 
 class _Parser(argparse.ArgumentParser):
@@ -159,7 +159,7 @@ def parse_with_extras(
     fields = {action.dest for action in parser._actions}
     add_extra(parser)
     args = vars(parser.parse_args(argv))
-    given = {k: v for k, v in args.items() if k in _HINTS and v is not None}
+    given = {k: v for k, v in args.items() if k in FIELD_TYPES and v is not None}
     recipe = given.get("recipe", TrainConfig.recipe)
     try:
         config = from_dict({**RECIPES.get(recipe, {}), "workdir": f"runs/{recipe}", **given})
