@@ -34,7 +34,7 @@ def compile_variant(preset: str, kwargs: dict[str, Any], batch: int) -> dict[str
     """Compile one variant's train step on real inputs; memory, FLOPs and a step closure."""
     import jax
 
-    from sparsenet_jax.build import build_run
+    from sparsenet_jax.training.build import build_run
 
     run = build_run(bench_config(preset, batch, kwargs))
     holder = {"state": run.init_state()}  # the step donates the state: keep the newest

@@ -78,8 +78,8 @@ def time_recipe(seconds: float, dtype: str) -> dict[str, Any]:
     """The recipe's train step back to back for ``seconds`` on synthetic data, then its eval step."""
     import jax
 
-    from sparsenet_jax import config as config_lib
-    from sparsenet_jax.build import build_run
+    from sparsenet_jax.training import config as config_lib
+    from sparsenet_jax.training.build import build_run
 
     setup_jax()
     config = config_lib.from_dict({**config_lib.RECIPES[RECIPE], "recipe": RECIPE, "dtype": dtype})

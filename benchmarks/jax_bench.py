@@ -1,6 +1,6 @@
 """Our side of the benchmarks: the trainer's own steps, built by ``build_run``, measured.
 
-Every measurement builds its run with :func:`sparsenet_jax.build.build_run`
+Every measurement builds its run with :func:`sparsenet_jax.training.build.build_run`
 from the cifar10 recipe (see :func:`bench_config`), so what is timed and
 compiled is exactly the trainer's step: uint8 images in, on-device
 augmentation and normalisation, SGD update, with the state donated.
@@ -46,17 +46,20 @@ def bench_config(
     Returns:
       A validated config; a bad name or override raises ``ConfigError`` naming it.
     """
-    from sparsenet_jax import config as config_lib
+    from sparsenet_jax.training import config as config_lib
+    from sparsenet_jax.training.build import check_model
 
     kwargs = dict(model_kwargs or {})
     dtype = str(kwargs.pop("dtype", DEFAULT_DTYPE))
-    return config_lib.from_dict(
+    config = config_lib.from_dict(
         {
             **config_lib.RECIPES[RECIPE],
             **{"recipe": RECIPE, "model": preset, "model_kwargs": kwargs, "dtype": dtype},
             **{"batch_size": batch, "eval_batch_size": batch, "seed": seed},
         }
     )
+    check_model(config)
+    return config
 
 
 def fake_arrays(
@@ -72,7 +75,7 @@ def fake_arrays(
 
 def fake_batch(run: Any, train: bool, seed: int = 0) -> dict[str, Any]:
     """One global batch on ``run.mesh``, as the trainer's input pipeline delivers it."""
-    from sparsenet_jax import steps
+    from sparsenet_jax.training import steps
 
     size = run.config.batch_size if train else run.config.eval_batch_size
     arrays = fake_arrays(size, run.image_shape, run.info.num_classes, seed)
@@ -190,7 +193,7 @@ def bench_jax(
     import jax
 
     import sparsenet_jax as sj
-    from sparsenet_jax.build import build_run
+    from sparsenet_jax.training.build import build_run
 
     setup_jax()
     run = build_run(bench_config(name, batch, model_kwargs, seed))
@@ -229,7 +232,7 @@ def compile_point(
     Nothing runs: the step is compiled for ``run.abstract_state()`` and
     ``run.abstract_batch(True)``, exactly what the trainer compiles.
     """
-    from sparsenet_jax.build import build_run
+    from sparsenet_jax.training.build import build_run
 
     setup_jax()
     run = build_run(bench_config(name, batch, model_kwargs))

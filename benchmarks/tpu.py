@@ -70,7 +70,7 @@ DTYPES = ("bfloat16", "float32")
 
 def recipe_for(model: str) -> str:
     """The recipe whose network family ``model`` belongs to."""
-    from sparsenet_jax.presets import parse_name  # light: no JAX arrays are built
+    from sparsenet_jax.model.presets import parse_name  # light: no JAX arrays are built
 
     return "imagenet" if parse_name(model).family == "imagenet" else "cifar10"
 

@@ -12,11 +12,11 @@ import types
 import jax
 import pytest
 
-from sparsenet_jax import aot, tpu_chips
-from sparsenet_jax import config as config_lib
-from sparsenet_jax.build import build_run
-from sparsenet_jax.presets import create_model
-from sparsenet_jax.tpu_chips import GiB
+from sparsenet_jax.model.presets import create_model
+from sparsenet_jax.tools import aot, tpu_chips
+from sparsenet_jax.tools.tpu_chips import GiB
+from sparsenet_jax.training import config as config_lib
+from sparsenet_jax.training.build import build_run
 
 TINY = ["--recipe", "digits", "--model", "sparsenet-7-4", "--batch-size", "16"]
 TINY += ["--eval-batch-size", "16"]

@@ -19,7 +19,7 @@ import pytest
 
 import sparsenet_jax as sj
 from conftest import TINY_REFERENCES, load_reference
-from sparsenet_jax import convert
+from sparsenet_jax.model import convert
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -185,7 +185,7 @@ def test_suite_in_process_writes_json_and_markdown(tmp_path) -> None:
 def test_fake_batches_are_what_the_trainer_compiles_for() -> None:
     """The benchmarks feed ``build_run``'s steps the batches the input pipeline delivers."""
     jax_bench = _load("jax_bench")
-    from sparsenet_jax.build import build_run
+    from sparsenet_jax.training.build import build_run
 
     run = build_run(jax_bench.bench_config("sparsenet-13-6", 8, {"dropout_rate": 0.0}))
     assert run.config.dataset == "cifar10" and run.config.eval_batch_size == 8

@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsenet_jax import build, steps
-from sparsenet_jax import config as config_lib
-from sparsenet_jax.build import backend_defaults, build_run, resolve_dtype
-from sparsenet_jax.errors import TrainingError
-from sparsenet_jax.presets import create_model
-from sparsenet_jax.train import itstime
+from sparsenet_jax.model.presets import create_model
+from sparsenet_jax.training import build, steps
+from sparsenet_jax.training import config as config_lib
+from sparsenet_jax.training.build import backend_defaults, build_run, resolve_dtype
+from sparsenet_jax.training.errors import TrainingError
+from sparsenet_jax.training.loop import itstime
 
 
 def digits_config(**overrides):
@@ -99,7 +99,7 @@ def test_batch_not_divisible_by_the_devices_is_refused():
     code = (
         "import jax; jax.config.update('jax_num_cpu_devices', 2)\n"
         "from test_build import digits_config\n"
-        "from sparsenet_jax.build import build_run\n"
+        "from sparsenet_jax.training.build import build_run\n"
         "build_run(digits_config(batch_size=33))\n"
     )
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(pathlib.Path(__file__).parent)}

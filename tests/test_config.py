@@ -14,9 +14,9 @@ import typing
 
 import pytest
 
-from sparsenet_jax import config as config_lib
-from sparsenet_jax import flags
-from sparsenet_jax.config import ConfigError, TrainConfig
+from sparsenet_jax.training import build, flags
+from sparsenet_jax.training import config as config_lib
+from sparsenet_jax.training.config import ConfigError, TrainConfig
 
 PREFIX = "python -m sparsenet_jax.train: error: "
 
@@ -197,8 +197,18 @@ def test_bad_invocation(argv, error, suggestion, capsys):
 def test_model_that_does_not_fit_the_dataset(recipe, model, stem, capsys):
     lines = bad_invocation(["--recipe", recipe, "--model", model], capsys)
     assert f"--model: {model} has the {stem} stem" in lines[0]
+    config = config_lib.from_dict({**config_lib.RECIPES[recipe], "recipe": recipe, "model": model})
     with pytest.raises(ConfigError, match=f"^model: {model} has the {stem} stem"):
-        config_lib.from_dict({**config_lib.RECIPES[recipe], "recipe": recipe, "model": model})
+        build.check_model(config)  # config is data: the build step checks the network
+
+
+def test_config_imports_no_model_code():
+    code = (
+        "import sys, sparsenet_jax.training.config as c; c.from_dict({'model': 'nonsense'}); "
+        "print(sorted(m for m in sys.modules if m.startswith(('flax', 'sparsenet_jax.model'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_an_explicit_stem_is_a_choice():

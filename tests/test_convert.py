@@ -11,7 +11,7 @@ import pytest
 
 import sparsenet_jax as sj
 from conftest import LARGE_REFERENCES, all_references, load_reference, reference_path
-from sparsenet_jax import convert
+from sparsenet_jax.model import convert
 
 
 def _state_dict(ref: dict[str, np.ndarray], prefix: str = "sd/") -> dict[str, np.ndarray]:
@@ -190,7 +190,7 @@ def test_load_pretrained_with_another_num_classes(caplog):
     model = sj.create_model("densenet-13-6", num_classes=5)  # the file has 10 classes
     with pytest.raises(ValueError, match=r"mis-shaped: classifier\.linear"):
         convert.load_pretrained(model, path, prefix="sd/")
-    with caplog.at_level(logging.WARNING, logger="sparsenet_jax.finetune"):
+    with caplog.at_level(logging.WARNING, logger="sparsenet_jax.model.finetune"):
         variables = convert.load_pretrained(model, path, prefix="sd/", num_classes=5)
     assert "classifier/kernel (66, 10) → (66, 5)" in caplog.text
     full = convert.load_pretrained(sj.create_model("densenet-13-6"), path, prefix="sd/")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import sparsenet_jax as sj
-from sparsenet_jax import export
+from sparsenet_jax.tools import export
 from train_helpers import cli_env, run_train
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs flatbuffers")
@@ -31,7 +31,7 @@ assert "flax" not in sys.modules, sorted(m for m in sys.modules if m.startswith(
 print("flax-free")
 """
 _LOADS = {
-    "package": "from sparsenet_jax.exported import load_exported\npredict = load_exported(sys.argv[1])",
+    "package": "from sparsenet_jax.tools.artifact import load_exported\npredict = load_exported(sys.argv[1])",
     "jax_only": (
         "import jax\nimport jax.export\n"
         "predict = jax.export.deserialize(bytearray(open(sys.argv[1], 'rb').read())).call"

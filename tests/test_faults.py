@@ -27,8 +27,8 @@ import time
 import numpy as np
 import pytest
 
-from sparsenet_jax import flags
-from sparsenet_jax.presets import create_model
+from sparsenet_jax.model.presets import create_model
+from sparsenet_jax.training import flags
 from train_helpers import (
     EVERY,
     STEPS,
@@ -465,7 +465,7 @@ class _Payload:
 @pytest.mark.parametrize("wrap", ["bare", "in_state_dict"])
 def test_tampered_pth_is_refused_without_running_code(tmp_path, wrap):
     torch = pytest.importorskip("torch")
-    from sparsenet_jax.convert import load_state_dict
+    from sparsenet_jax.model.convert import load_state_dict
 
     marker = tmp_path / "pwned"
     payload = _Payload(marker)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 import sparsenet_jax as sj
-from sparsenet_jax import finetune
+from sparsenet_jax.model import finetune
 
 NAME = "sparsenet-13-6"
 
@@ -96,7 +96,7 @@ def test_parameter_tree_is_that_of_the_network(tiny):
 def test_adapt_num_classes_keeps_all_but_the_classifier(tiny, caplog):
     model, variables, x = tiny
     target = sj.create_model(NAME, num_classes=4)
-    with caplog.at_level(logging.WARNING, logger="sparsenet_jax.finetune"):
+    with caplog.at_level(logging.WARNING, logger="sparsenet_jax.model.finetune"):
         adapted = sj.adapt_num_classes(target, variables, seed=1)
     message = caplog.text
     assert "re-initialised for 4 classes" in message
@@ -119,7 +119,7 @@ def test_adapt_num_classes_keeps_all_but_the_classifier(tiny, caplog):
 
 def test_adapt_num_classes_same_width_is_silent(tiny, caplog):
     model, variables, _ = tiny
-    with caplog.at_level(logging.WARNING, logger="sparsenet_jax.finetune"):
+    with caplog.at_level(logging.WARNING, logger="sparsenet_jax.model.finetune"):
         same = sj.adapt_num_classes(model, variables)
     assert caplog.text == ""
     chex.assert_trees_all_equal(same, variables)

@@ -175,8 +175,8 @@ def test_grain_iterator_saves_with_grain_checkpoint_handler(data_dir: str, tmp_p
 @pytest.mark.parametrize("loader", ["grain", "threads"])
 def test_the_trainer_resumes_imagenet_mid_epoch_exactly(data_dir, monkeypatch, loader) -> None:
     """Batches for steps 2, 3, … read by a resumed run equal those of an uninterrupted one."""
-    from sparsenet_jax import config as config_lib
-    from sparsenet_jax import input_pipeline
+    from sparsenet_jax.training import config as config_lib
+    from sparsenet_jax.training import input_pipeline
 
     if loader == "grain" and importlib.util.find_spec("grain") is None:
         pytest.skip("grain not installed (extra [grain])")

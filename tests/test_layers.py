@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 import sparsenet_jax as sj
-from sparsenet_jax.schedule import Schedule, segments
+from sparsenet_jax.model.schedule import Schedule, segments
 
 # The equivalence cases beyond one or two networks each run in the slow job
 # (`python -m pytest -m slow`): the default run keeps a sparse, a summing and

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import sparsenet_jax as sj
-from sparsenet_jax.layers import AggregationBlock, BasicUnit, make_conv, make_norm
-from sparsenet_jax.schedule import Schedule
+from sparsenet_jax.model.block import AggregationBlock, BasicUnit, make_conv, make_norm
+from sparsenet_jax.model.schedule import Schedule
 
 
 @pytest.fixture(scope="module")

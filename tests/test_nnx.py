@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 import sparsenet_jax as sj
-import sparsenet_jax.nnx as snnx
-from sparsenet_jax import steps
+import sparsenet_jax.model.nnx as snnx
+from sparsenet_jax.training import steps
 
 NAME = "sparsenet-10-4"
 WEIGHT_DECAY = 5e-2  # large, so that losing the decay would show

@@ -11,14 +11,14 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from sparsenet_jax.plot import (
+from sparsenet_jax.model.schedule import Schedule
+from sparsenet_jax.tools.plot import (
     connectivity_matrix,
     load_metrics,
     main,
     plot_curves,
     plot_schedule,
 )
-from sparsenet_jax.schedule import Schedule
 
 SPARSE = Schedule("sparse", 2)
 DENSE = Schedule("dense")
@@ -165,7 +165,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "sparsenet_jax.plot", *args],
+        [sys.executable, "-m", "sparsenet_jax.tools.plot", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -213,4 +213,4 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, argv):
         main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("python -m sparsenet_jax.plot") and "error:" in err[-1]
+    assert err[-1].startswith("python -m sparsenet_jax.tools.plot") and "error:" in err[-1]

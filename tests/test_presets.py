@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 import sparsenet_jax as sj
-from sparsenet_jax.arithmetic import expected_params
+from sparsenet_jax.model.arithmetic import expected_params
 
 
 def _flax_params(model: sj.SparseNet) -> int:
@@ -148,9 +148,9 @@ def test_bad_overrides():
 def test_readme_table_is_what_the_code_prints():
     import pathlib
 
-    from sparsenet_jax.tables import preset_table, readme_table
+    from sparsenet_jax.tools.tables import preset_table, readme_table
 
     readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
     assert readme_table(str(readme)) == preset_table(exact=False), (
-        "README presets table is stale: run python -m sparsenet_jax.tables --readme README.md"
+        "README presets table is stale: run python -m sparsenet_jax.tools.tables --readme README.md"
     )

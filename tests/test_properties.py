@@ -2,7 +2,7 @@
 
 Over random names (family, BC or not, depth — valid or not —, growth rates,
 schedule base, number of classes) ``create_model`` either builds a model whose
-Flax parameter count equals :func:`~sparsenet_jax.arithmetic.expected_params`
+Flax parameter count equals :func:`~sparsenet_jax.model.arithmetic.expected_params`
 (an independent count from the layout rules), or raises ``ValueError`` /
 ``TypeError`` naming the field that is wrong. Shapes come from
 ``jax.eval_shape``, so nothing is computed; depths stay ≤ 60 to keep tracing fast.
@@ -18,9 +18,9 @@ import numpy as np
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from sparsenet_jax.arithmetic import expected_params
-from sparsenet_jax.presets import create_model
-from sparsenet_jax.schedule import Schedule
+from sparsenet_jax.model.arithmetic import expected_params
+from sparsenet_jax.model.presets import create_model
+from sparsenet_jax.model.schedule import Schedule
 
 FAMILIES = ("sparsenet", "densenet", "resnet", "sparse-resnet")
 

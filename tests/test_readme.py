@@ -26,7 +26,7 @@ def _commands(module: str) -> list[list[str]]:
 
 
 def test_readme_train_commands_parse():
-    from sparsenet_jax.flags import parse_args
+    from sparsenet_jax.training.flags import parse_args
 
     commands = [c for c in _commands("sparsenet_jax.train") if c != ["--help"]]
     assert len(commands) >= 5
@@ -36,15 +36,15 @@ def test_readme_train_commands_parse():
 
 
 def test_readme_plot_and_tables_commands_run(tmp_path):
-    from sparsenet_jax.plot import main as plot_main
+    from sparsenet_jax.tools.plot import main as plot_main
 
-    for argv in _commands("sparsenet_jax.plot"):
+    for argv in _commands("sparsenet_jax.tools.plot"):
         if argv[0] == "schedule":
             argv = [*argv[:-1], str(tmp_path / "schedule.png")]
             plot_main(argv)
             assert (tmp_path / "schedule.png").stat().st_size > 5000
     result = subprocess.run(
-        [sys.executable, "-m", "sparsenet_jax.tables", "--fast"],
+        [sys.executable, "-m", "sparsenet_jax.tools.tables", "--fast"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsenet_jax import steps
-from sparsenet_jax.checkpoints import Checkpoints
-from sparsenet_jax.errors import TrainingError
-from sparsenet_jax.signals import StopRequested, StopSignals
-from sparsenet_jax.workdir import write_atomic
+from sparsenet_jax.training import steps
+from sparsenet_jax.training.checkpoints import Checkpoints
+from sparsenet_jax.training.errors import TrainingError
+from sparsenet_jax.training.signals import StopRequested, StopSignals
+from sparsenet_jax.training.workdir import write_atomic
 from test_faults import (
     assert_one_clear_error,
     assert_same_checkpoint,
@@ -290,9 +290,9 @@ def test_a_network_too_big_for_the_machine_is_refused_at_once(tmp_path):
 
 
 def test_memory_estimate_counts_state_and_activations():
-    from sparsenet_jax import config as config_lib
-    from sparsenet_jax import memory
-    from sparsenet_jax.build import build_run
+    from sparsenet_jax.training import config as config_lib
+    from sparsenet_jax.training import memory
+    from sparsenet_jax.training.build import build_run
 
     config = config_lib.from_dict(
         {**config_lib.RECIPES["digits"], "model": "sparsenet-13-6", "workdir": "unused"}

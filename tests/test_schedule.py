@@ -4,7 +4,7 @@ import collections
 
 import pytest
 
-from sparsenet_jax.schedule import Schedule, as_schedule
+from sparsenet_jax.model.schedule import Schedule, as_schedule
 
 SPARSE = Schedule("sparse", 2)
 DENSE = Schedule("dense")

@@ -8,7 +8,8 @@ import pytest
 
 import sparsenet_jax as sj
 from conftest import LARGE_REFERENCES, TINY_REFERENCES, load_reference
-from sparsenet_jax import convert, steps
+from sparsenet_jax.model import convert
+from sparsenet_jax.training import steps
 
 
 def _one_reference_step(filename: str, name: str, classes: int):

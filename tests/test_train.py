@@ -170,8 +170,8 @@ def test_bad_flags_exit_2_without_traceback(tmp_path, args, message):
 def test_help_lists_every_field():
     import dataclasses
 
-    from sparsenet_jax.config import TrainConfig
-    from sparsenet_jax.flags import build_parser
+    from sparsenet_jax.training.config import TrainConfig
+    from sparsenet_jax.training.flags import build_parser
 
     text = build_parser().format_help()
     for field in dataclasses.fields(TrainConfig):

@@ -7,7 +7,10 @@ Quick use::
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     logits = model.apply(variables, jnp.zeros((8, 32, 32, 3)))  # eval mode
 
-The names below are imported on first use, so ``import sparsenet_jax.exported``
+The package has three wings and the data: :mod:`sparsenet_jax.model` (the
+network), :mod:`sparsenet_jax.training` (config, steps, loop, command line),
+:mod:`sparsenet_jax.tools` (aot, export, figures) and :mod:`sparsenet_jax.data`.
+The names below are imported on first use, so ``import sparsenet_jax.tools.artifact``
 (running an exported network) loads neither Flax nor the model code.
 """
 
@@ -17,24 +20,29 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from sparsenet_jax import _legacy
+
+_legacy.install()  # old module paths (sparsenet_jax.steps, …) keep working, with a warning
+
 if TYPE_CHECKING:
-    from sparsenet_jax.exported import load_exported
-    from sparsenet_jax.finetune import adapt_num_classes, pretrained_cfg
-    from sparsenet_jax.models import SparseNet, init_variables
-    from sparsenet_jax.presets import create_model, list_models, parse_name
-    from sparsenet_jax.schedule import Schedule
+    from sparsenet_jax.model.finetune import adapt_num_classes, pretrained_cfg
+    from sparsenet_jax.model.network import SparseNet, count_params, init_variables
+    from sparsenet_jax.model.presets import create_model, list_models, parse_name
+    from sparsenet_jax.model.schedule import Schedule
+    from sparsenet_jax.tools.artifact import load_exported
 
 # Public name → the submodule that defines it.
 _LAZY = {
-    "Schedule": "schedule",
-    "SparseNet": "models",
-    "adapt_num_classes": "finetune",
-    "create_model": "presets",
-    "init_variables": "models",
-    "list_models": "presets",
-    "load_exported": "exported",
-    "parse_name": "presets",
-    "pretrained_cfg": "finetune",
+    "Schedule": "model.schedule",
+    "SparseNet": "model.network",
+    "adapt_num_classes": "model.finetune",
+    "count_params": "model.network",
+    "create_model": "model.presets",
+    "init_variables": "model.network",
+    "list_models": "model.presets",
+    "load_exported": "tools.artifact",
+    "parse_name": "model.presets",
+    "pretrained_cfg": "model.finetune",
 }
 
 __all__ = [
@@ -65,22 +73,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-def count_params(variables: Any) -> int:
-    """Number of trainable parameters.
-
-    Args:
-      variables: the dict returned by ``model.init`` (its ``"params"`` are
-        counted; ``batch_stats`` are not) or a params tree itself. Arrays or
-        ``jax.ShapeDtypeStruct`` leaves (from ``jax.eval_shape``) both work.
-
-    Returns:
-      The total number of elements.
-    """
-    import jax
-    import numpy as np
-
-    if hasattr(variables, "keys") and "params" in variables:
-        variables = variables["params"]
-    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables)))

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from sparsenet_jax import data as data_lib
-from sparsenet_jax.config import TrainConfig
+from sparsenet_jax.training.config import TrainConfig
 
 Arrays = tuple[np.ndarray, np.ndarray]
 HostBatch = dict[str, np.ndarray]

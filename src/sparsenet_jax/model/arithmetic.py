@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from sparsenet_jax.models import SparseNet
+from sparsenet_jax.model.network import SparseNet
 
 
 def _conv(k: int, cin: int, cout: int) -> int:

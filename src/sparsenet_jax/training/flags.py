@@ -1,6 +1,6 @@
 """The command line of ``python -m sparsenet_jax.train`` (and of ``aot``): a flag per config field.
 
-Every field of :class:`~sparsenet_jax.config.TrainConfig` is a flag
+Every field of :class:`~sparsenet_jax.training.config.TrainConfig` is a flag
 (``--batch-size 128``, or ``--batch_size 128``); a recipe (``--recipe cifar10``)
 sets the defaults and flags override them. A field's annotation picks its
 parser (an annotation no flag can fill raises at import) and
@@ -19,7 +19,8 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from sparsenet_jax.config import FIELD_TYPES, RECIPES, ConfigError, TrainConfig, from_dict
+from sparsenet_jax.training.build import check_model
+from sparsenet_jax.training.config import FIELD_TYPES, RECIPES, ConfigError, TrainConfig, from_dict
 
 PROG = "python -m sparsenet_jax.train"
 
@@ -163,6 +164,7 @@ def parse_with_extras(
     recipe = given.get("recipe", TrainConfig.recipe)
     try:
         config = from_dict({**RECIPES.get(recipe, {}), "workdir": f"runs/{recipe}", **given})
+        check_model(config)
     except ConfigError as err:
         field, _, rest = str(err).partition(":")
         parser.error("--" + field.replace("_", "-").replace("/", "/--") + ":" + rest)

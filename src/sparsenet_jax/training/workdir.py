@@ -17,9 +17,9 @@ from typing import Any
 
 import jax
 
-from sparsenet_jax import config as config_lib
-from sparsenet_jax.config import TrainConfig
-from sparsenet_jax.errors import TrainingError
+from sparsenet_jax.training import config as config_lib
+from sparsenet_jax.training.config import TrainConfig
+from sparsenet_jax.training.errors import TrainingError
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:

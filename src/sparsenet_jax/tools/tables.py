@@ -1,12 +1,12 @@
-"""The presets table of the README, computed from the code (``python -m sparsenet_jax.tables``)."""
+"""The presets table of the README, computed from the code (``python -m sparsenet_jax.tools.tables``)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from sparsenet_jax.models import SparseNet
-from sparsenet_jax.presets import PAPER_PRESETS, create_model
+from sparsenet_jax.model.network import SparseNet
+from sparsenet_jax.model.presets import PAPER_PRESETS, create_model
 
 
 def _family_label(model: SparseNet) -> str:
@@ -20,7 +20,7 @@ def count_preset_params(name: str, num_classes: int, exact: bool = True) -> int:
     """Parameters of a preset: from the Flax module (``exact``) or the layout arithmetic."""
     model = create_model(name, num_classes=num_classes)
     if not exact:
-        from sparsenet_jax.arithmetic import expected_params
+        from sparsenet_jax.model.arithmetic import expected_params
 
         return expected_params(model)
     import jax
@@ -62,7 +62,8 @@ def preset_table(names: Sequence[str] | None = None, exact: bool = True) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m sparsenet_jax.tables", description="Print the presets table (markdown)."
+        prog="python -m sparsenet_jax.tools.tables",
+        description="Print the presets table (markdown).",
     )
     parser.add_argument(
         "--fast", action="store_true", help="count with the layout arithmetic, not Flax"

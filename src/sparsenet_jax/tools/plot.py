@@ -1,4 +1,4 @@
-"""Figures: the connection schedule of a block (here), and training curves (from :mod:`~sparsenet_jax.curves`).
+"""Figures: the connection schedule of a block (here), and training curves (from :mod:`~sparsenet_jax.tools.curves`).
 
 * :func:`connectivity_matrix` — which earlier output each layer reads, as a 0/1 array.
 * :func:`plot_schedule` — dense and sparse schedules side by side as heat maps
@@ -8,8 +8,8 @@
 
 Command line::
 
-    python -m sparsenet_jax.plot schedule --layers 16 --base 2 --out schedule.png
-    python -m sparsenet_jax.plot curves RUN_A RUN_B --out curves.png --labels a b
+    python -m sparsenet_jax.tools.plot schedule --layers 16 --base 2 --out schedule.png
+    python -m sparsenet_jax.tools.plot curves RUN_A RUN_B --out curves.png --labels a b
 
 matplotlib is imported only inside the plotting functions, so importing this module
 costs nothing extra. Figures are drawn on matplotlib's Agg canvas directly (no pyplot,
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
-from sparsenet_jax.curves import load_metrics, plot_curves
-from sparsenet_jax.figures import new_figure, output_path, save
-from sparsenet_jax.schedule import Schedule
+from sparsenet_jax.model.schedule import Schedule
+from sparsenet_jax.tools.curves import load_metrics, plot_curves
+from sparsenet_jax.tools.figures import new_figure, output_path, save
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -163,7 +163,7 @@ def plot_schedule(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sparsenet_jax.plot",
+        prog="python -m sparsenet_jax.tools.plot",
         description="Draw SparseNet connection schedules or training curves.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -3,7 +3,7 @@
 Layout is NHWC throughout. Every unit is pre-activation (BN → ReLU → conv), as
 in DenseNet and the pre-activation ResNet. Parameter names follow the official
 PyTorch model where one exists (``bn1``/``conv1``/``bn2``/``conv2``), which
-keeps :mod:`sparsenet_jax.convert` a plain renaming.
+keeps :mod:`sparsenet_jax.model.convert` a plain renaming.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sparsenet_jax.norms import Stats
+from sparsenet_jax.model.norms import Stats
 
 UnitKind = Literal["plain", "bottleneck", "basic", "res_bottleneck"]
 UNIT_KINDS: tuple[str, ...] = ("plain", "bottleneck", "basic", "res_bottleneck")
@@ -99,7 +99,7 @@ class PlainUnit(_UnitBase):
     """BN → ReLU → conv 3×3 (DenseNet/SparseNet basic composite function).
 
     Every unit takes ``stats``, its input's batch statistics if the block has
-    them (see :mod:`sparsenet_jax.norms`), for its first BatchNorm.
+    them (see :mod:`sparsenet_jax.model.norms`), for its first BatchNorm.
     """
 
     @nn.compact

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sparsenet_jax.figures import new_figure, output_path, save
+from sparsenet_jax.tools.figures import new_figure, output_path, save
 
 METRICS_FILE = "metrics.jsonl"
 

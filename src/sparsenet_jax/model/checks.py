@@ -1,4 +1,4 @@
-"""Checks of a network's fields, run when a :class:`~sparsenet_jax.models.SparseNet` is built.
+"""Checks of a network's fields, run when a :class:`~sparsenet_jax.model.network.SparseNet` is built.
 
 Each raises ``ValueError`` or ``TypeError`` naming the first bad field, so a
 typo in a preset override fails at construction, not deep inside tracing.
@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import jax.numpy as jnp
 
-from sparsenet_jax.layers import AGGREGATIONS, BLOCK_IMPLS, UNIT_KINDS
-from sparsenet_jax.schedule import Schedule
+from sparsenet_jax.model.block import AGGREGATIONS, BLOCK_IMPLS, UNIT_KINDS
+from sparsenet_jax.model.schedule import Schedule
 
 if TYPE_CHECKING:
-    from sparsenet_jax.models import SparseNet
+    from sparsenet_jax.model.network import SparseNet
 
 StemKind = Literal["cifar", "imagenet"]
 STEM_KINDS: tuple[str, ...] = ("cifar", "imagenet")

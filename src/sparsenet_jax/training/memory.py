@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from sparsenet_jax.arithmetic import expected_params
-from sparsenet_jax.build import Run
-from sparsenet_jax.errors import TrainingError
+from sparsenet_jax.model.arithmetic import expected_params
+from sparsenet_jax.training.build import Run
+from sparsenet_jax.training.errors import TrainingError
 
 GiB = 1024**3
 

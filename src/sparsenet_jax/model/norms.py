@@ -2,7 +2,7 @@
 
 In a concatenating block every unit normalises the concatenation of the
 earlier outputs it reads. A channel's batch mean and variance are the same
-whichever unit reads it, so :class:`~sparsenet_jax.layers.AggregationBlock`
+whichever unit reads it, so :class:`~sparsenet_jax.model.block.AggregationBlock`
 computes them once, when the output is made (:func:`channel_stats`), and hands
 each reader the concatenation of its inputs' statistics. That removes two
 reductions over every input of every unit (the statistics passes of

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsenet_jax.models import SparseNet
+from sparsenet_jax.model.network import SparseNet
 
 # Flax leaf name → PyTorch parameter/buffer name, per collection.
 _LEAF_NAMES = {
@@ -323,7 +323,7 @@ def load_pretrained(
       num_classes: for fine-tuning: return variables for
         ``model.clone(num_classes=num_classes)``: every weight of the file but the
         classifier, which is freshly initialised from ``seed`` (logged; see
-        :func:`sparsenet_jax.finetune.adapt_num_classes`). The checkpoint's own
+        :func:`sparsenet_jax.model.finetune.adapt_num_classes`). The checkpoint's own
         number of classes is read from the file.
 
     Returns:
@@ -332,7 +332,7 @@ def load_pretrained(
     state_dict = load_state_dict(path, prefix=prefix)
     if num_classes is None:
         return from_torch_state_dict(model, state_dict)
-    from sparsenet_jax.finetune import adapt_num_classes
+    from sparsenet_jax.model.finetune import adapt_num_classes
 
     source = {_strip_wrapper_prefix(k): v for k, v in state_dict.items()}
     bias = source.get(torch_name("params", ("classifier", "bias")))

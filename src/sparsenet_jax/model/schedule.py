@@ -108,7 +108,7 @@ class Segment:
     """Consecutive layers ``first … last`` that read at the same relative offsets.
 
     Their inputs have equal widths, so their parameters stack and one
-    ``lax.scan`` can run them (see :class:`sparsenet_jax.layers.AggregationBlock`).
+    ``lax.scan`` can run them (see :class:`sparsenet_jax.model.block.AggregationBlock`).
     """
 
     first: int

@@ -19,7 +19,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sparsenet_jax.models import init_variables
+from sparsenet_jax.model.network import init_variables
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]

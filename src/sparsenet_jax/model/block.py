@@ -1,6 +1,6 @@
 """The aggregating block: units wired by a schedule, their outputs concatenated or summed.
 
-The units and the transition live in :mod:`sparsenet_jax.units` and are
+The units and the transition live in :mod:`sparsenet_jax.model.units` and are
 re-exported here, so ``layers`` stays the one import for a block's parts.
 """
 
@@ -14,9 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sparsenet_jax.norms import channel_stats, concat_stats, make_norm
-from sparsenet_jax.schedule import Schedule, segments
-from sparsenet_jax.units import (
+from sparsenet_jax.model.norms import channel_stats, concat_stats, make_norm
+from sparsenet_jax.model.schedule import Schedule, segments
+from sparsenet_jax.model.units import (
     UNIT_CLASSES,
     UNIT_KINDS,
     BasicUnit,
@@ -91,7 +91,7 @@ class AggregationBlock(nn.Module):
     ``remat=True`` recomputes each unit's activations in the backward pass
     instead of storing them. ``share_stats`` (concatenation, unrolled, training):
     each output's BatchNorm batch statistics are computed once and handed to
-    every unit that reads it (:mod:`sparsenet_jax.norms`); equal in float64,
+    every unit that reads it (:mod:`sparsenet_jax.model.norms`); equal in float64,
     fewer reductions and bytes moved. Off by default (``build_run`` turns it on
     for TPU): in float32 its rounding puts one leaf of the reference SGD step
     (sparsenet-bc-46-6) at 2.2% of the update, over the 2% bound that catches a

@@ -17,8 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sparsenet_jax.models import SparseNet
-from sparsenet_jax.presets import create_model
+from sparsenet_jax.model.network import SparseNet
+from sparsenet_jax.model.presets import create_model
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +70,13 @@ def adapt_num_classes(
     Args:
       model: the target network (its ``num_classes`` is the new one).
       variables: ``{"params", "batch_stats"}`` of the same network, converted
-        (:func:`sparsenet_jax.convert.load_pretrained`) or trained.
+        (:func:`sparsenet_jax.model.convert.load_pretrained`) or trained.
       seed: an integer seed or a PRNG key for the new classifier.
 
     Returns:
       The same variables with ``params["classifier"]`` freshly initialised as
       ``model.init`` would (LeCun-normal kernel, zero bias); a warning on the
-      ``sparsenet_jax.finetune`` logger names the re-initialised leaves. Returned
+      ``sparsenet_jax.model.finetune`` logger names the re-initialised leaves. Returned
       unchanged (a shallow copy) when the classifier already fits.
 
     Raises:

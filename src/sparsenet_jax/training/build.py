@@ -18,11 +18,11 @@ import optax
 from jax.sharding import Mesh
 
 from sparsenet_jax import data as data_lib
-from sparsenet_jax import steps
-from sparsenet_jax.config import TrainConfig
-from sparsenet_jax.errors import TrainingError
-from sparsenet_jax.models import SparseNet
-from sparsenet_jax.presets import create_model
+from sparsenet_jax.model.network import SparseNet
+from sparsenet_jax.model.presets import LAYOUT_OVERRIDES, create_model
+from sparsenet_jax.training import steps
+from sparsenet_jax.training.config import RUN_SET_KWARGS, ConfigError, TrainConfig, suggest
+from sparsenet_jax.training.errors import TrainingError
 
 
 def resolve_dtype(dtype: str, platform: str) -> str:
@@ -119,6 +119,37 @@ class Run:
     def num_params(self) -> int:
         leaves = jax.tree_util.tree_leaves(self.abstract_state().params)
         return sum(leaf.size for leaf in leaves)
+
+
+def check_model(config: TrainConfig) -> None:
+    """The name, depth and overrides build a network whose stem fits the dataset's images.
+
+    Raises:
+      ConfigError: naming the field (``model`` or ``model_kwargs``).
+    """
+    valid = {f.name for f in dataclasses.fields(SparseNet)} - {"parent", "name"}
+    valid = (valid | set(LAYOUT_OVERRIDES)) - set(RUN_SET_KWARGS)
+    for key in config.model_kwargs:
+        if key in RUN_SET_KWARGS:
+            raise ConfigError(f"model_kwargs: {key!r} is not allowed ({RUN_SET_KWARGS[key]})")
+        if key not in valid:
+            raise ConfigError(
+                f"model_kwargs: unknown key {key!r}{suggest(key, sorted(valid))}; "
+                f"valid: {', '.join(sorted(valid))}"
+            )
+    try:  # builds the (uninitialised) module
+        model = create_model(config.model, **config.model_kwargs)
+    except (ValueError, TypeError) as err:
+        field = "model" if not config.model_kwargs else "model/model_kwargs"
+        raise ConfigError(f"{field}: {err}") from None
+    size = data_lib.dataset_info(config.dataset).image_size
+    fits = "imagenet" if size > 64 else "cifar"  # 224×224 ImageNet; 32×32 CIFAR and digits
+    if model.stem != fits and "stem" not in config.model_kwargs:  # an explicit stem is a choice
+        example = {"imagenet": "sparsenet-121-32", "cifar": "sparsenet-40-24"}[fits]
+        raise ConfigError(
+            f"model: {config.model} has the {model.stem} stem, but {config.dataset} has "
+            f"{size}×{size} images; use a model with the {fits} stem, such as {example}"
+        )
 
 
 def build_run(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> Run:

@@ -4,6 +4,10 @@
 where it differs from the defaults, which are the paper's CIFAR recipe. Each
 field carries its --help group and text in its metadata; ``flags.py`` turns the
 fields into the command line. Validation errors name the field and the bad value.
+
+Config is data: :func:`validate` checks each field on its own and imports no
+model code; whether the named network fits the dataset is checked where the
+run is built (:func:`sparsenet_jax.training.build.check_model`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sparsenet_jax.data import DATASETS, dataset_info
-from sparsenet_jax.models import SparseNet
-from sparsenet_jax.presets import LAYOUT_OVERRIDES, create_model
+from sparsenet_jax.data import DATASETS
 
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
 # create_model arguments the run sets itself (from the dataset, or --dtype).
@@ -131,7 +133,7 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the field."""
 
 
-def _suggest(value: str, choices: Sequence[str]) -> str:
+def suggest(value: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(value, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -145,15 +147,14 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name, choices in (("recipe", tuple(RECIPES)), ("dataset", DATASETS)):
         if (value := getattr(config, name)) not in choices:
             raise ConfigError(
-                f"{name}: unknown {value!r}{_suggest(value, choices)}; "
+                f"{name}: unknown {value!r}{suggest(value, choices)}; "
                 f"choose from {', '.join(choices)}"
             )
     if config.dtype not in DTYPES:
         raise ConfigError(
             f"dtype: must be one of float32, bfloat16, got {config.dtype!r}"
-            f"{_suggest(config.dtype, DTYPES)}; or auto, the default: bfloat16 on TPU, else float32"
+            f"{suggest(config.dtype, DTYPES)}; or auto, the default: bfloat16 on TPU, else float32"
         )
-    _check_model(config)
     for names, ok, text in _RANGES:
         for name in names:
             if not ok(value := getattr(config, name)):
@@ -186,33 +187,6 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is tuple:
         return isinstance(value, tuple) and all(_matches(v, args[0]) for v in value)
     return isinstance(value, origin or hint)
-
-
-def _check_model(config: TrainConfig) -> None:
-    """The name, depth and overrides build a network whose stem fits the dataset's images."""
-    valid = {f.name for f in dataclasses.fields(SparseNet)} - {"parent", "name"}
-    valid = (valid | set(LAYOUT_OVERRIDES)) - set(RUN_SET_KWARGS)
-    for key in config.model_kwargs:
-        if key in RUN_SET_KWARGS:
-            raise ConfigError(f"model_kwargs: {key!r} is not allowed ({RUN_SET_KWARGS[key]})")
-        if key not in valid:
-            raise ConfigError(
-                f"model_kwargs: unknown key {key!r}{_suggest(key, sorted(valid))}; "
-                f"valid: {', '.join(sorted(valid))}"
-            )
-    try:  # builds the (uninitialised) module
-        model = create_model(config.model, **config.model_kwargs)
-    except (ValueError, TypeError) as err:
-        field = "model" if not config.model_kwargs else "model/model_kwargs"
-        raise ConfigError(f"{field}: {err}") from None
-    size = dataset_info(config.dataset).image_size
-    fits = "imagenet" if size > 64 else "cifar"  # 224×224 ImageNet; 32×32 CIFAR and digits
-    if model.stem != fits and "stem" not in config.model_kwargs:  # an explicit stem is a choice
-        example = {"imagenet": "sparsenet-121-32", "cifar": "sparsenet-40-24"}[fits]
-        raise ConfigError(
-            f"model: {config.model} has the {model.stem} stem, but {config.dataset} has "
-            f"{size}×{size} images; use a model with the {fits} stem, such as {example}"
-        )
 
 
 def identity(config: TrainConfig) -> dict[str, Any]:

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 import jax
 
 from sparsenet_jax import data as data_lib
-from sparsenet_jax import flags
-from sparsenet_jax.config import TrainConfig
-from sparsenet_jax.errors import TrainingError
-from sparsenet_jax.reporting import duration
-from sparsenet_jax.signals import HoldBackgroundErrors, StopRequested
-from sparsenet_jax.train import RunResult, train_and_evaluate
+from sparsenet_jax.training import flags
+from sparsenet_jax.training.config import TrainConfig
+from sparsenet_jax.training.errors import TrainingError
+from sparsenet_jax.training.loop import RunResult, train_and_evaluate
+from sparsenet_jax.training.reporting import duration
+from sparsenet_jax.training.signals import HoldBackgroundErrors, StopRequested
 
 
 def default_cache_dir() -> pathlib.Path:

@@ -23,8 +23,9 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from sparsenet_jax.layers import (
+from sparsenet_jax.model.block import (
     UNIT_CLASSES,
     Aggregation,
     AggregationBlock,
@@ -34,8 +35,8 @@ from sparsenet_jax.layers import (
     make_conv,
     make_norm,
 )
-from sparsenet_jax.model_checks import STEM_KINDS, StemKind, validate_config
-from sparsenet_jax.schedule import Schedule
+from sparsenet_jax.model.checks import STEM_KINDS, StemKind, validate_config
+from sparsenet_jax.model.schedule import Schedule
 
 __all__ = ["STEM_KINDS", "SparseNet", "StemKind", "init_variables", "validate_config"]
 
@@ -274,3 +275,19 @@ def init_variables(
         input_shape = model.default_input_shape
     key = jax.random.key(seed, impl="rbg") if isinstance(seed, int) else seed
     return jax.jit(model.init)(key, jnp.zeros(tuple(input_shape), jnp.float32))
+
+
+def count_params(variables: Any) -> int:
+    """Number of trainable parameters.
+
+    Args:
+      variables: the dict returned by ``model.init`` (its ``"params"`` are
+        counted; ``batch_stats`` are not) or a params tree itself. Arrays or
+        ``jax.ShapeDtypeStruct`` leaves (from ``jax.eval_shape``) both work.
+
+    Returns:
+      The total number of elements.
+    """
+    if hasattr(variables, "keys") and "params" in variables:
+        variables = variables["params"]
+    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables)))

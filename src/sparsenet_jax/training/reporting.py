@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from sparsenet_jax.workdir import write_atomic
+from sparsenet_jax.training.workdir import write_atomic
 
 Record = dict[str, Any]
 

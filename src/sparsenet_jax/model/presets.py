@@ -21,8 +21,8 @@ import difflib
 import re
 from typing import Any
 
-from sparsenet_jax.models import SparseNet
-from sparsenet_jax.schedule import Schedule
+from sparsenet_jax.model.network import SparseNet
+from sparsenet_jax.model.schedule import Schedule
 
 PAPER_PRESETS: tuple[str, ...] = (
     "sparsenet-40-24",

@@ -3,7 +3,7 @@
 Use::
 
     from flax import nnx
-    import sparsenet_jax.nnx as snnx
+    import sparsenet_jax.model.nnx as snnx
 
     model = snnx.create_model("sparsenet-40-24", num_classes=10, seed=0)
     logits = model(images)  # eval mode: BatchNorm uses its running averages
@@ -28,9 +28,9 @@ import optax
 from flax import nnx
 from flax.nnx import bridge
 
-from sparsenet_jax import presets
-from sparsenet_jax.finetune import check_same_shapes
-from sparsenet_jax.models import SparseNet
+from sparsenet_jax.model import presets
+from sparsenet_jax.model.finetune import check_same_shapes
+from sparsenet_jax.model.network import SparseNet
 
 
 class NNXSparseNet(nnx.Module):
@@ -160,7 +160,7 @@ def _merge(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> dict[st
 
 
 def make_optimizer(model: nnx.Module, tx: optax.GradientTransformation) -> nnx.Optimizer:
-    """``nnx.Optimizer`` over the parameters (``wrt=nnx.Param``), e.g. with :func:`sparsenet_jax.steps.make_optimizer`."""
+    """``nnx.Optimizer`` over the parameters (``wrt=nnx.Param``), e.g. with :func:`sparsenet_jax.training.steps.make_optimizer`."""
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 

@@ -1,0 +1,271 @@
+"""Export the eval-mode network with its weights as a ``jax.export`` artifact.
+
+The artifact is serialized StableHLO with the weights as constants, a symbolic
+batch dimension and fixed image size, lowered for CPU, CUDA and TPU where the
+installed JAX can target them (no accelerator is needed to lower for one). Load
+it with :func:`sparsenet_jax.load_exported` (imports JAX only, not Flax) or
+``jax.export.deserialize``. A ``.json`` file beside it records the input shape,
+the platforms and, from a training workdir, the normalisation statistics.
+
+Command line: ``python -m sparsenet_jax.export --workdir W --out model.jax``
+exports the newest checkpoint of a training workdir.
+
+Serialization needs the ``flatbuffers`` package (``pip install flatbuffers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.export  # jax < 0.8 does not load this submodule with `import jax`
+import jax.numpy as jnp
+
+from sparsenet_jax.model.network import SparseNet
+
+DEFAULT_PLATFORMS: tuple[str, ...] = ("cpu", "cuda", "tpu")
+PLATFORMS: tuple[str, ...] = ("cpu", "cuda", "rocm", "tpu")  # what jax.export can lower for
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_model` wrote: the file, its platforms, and notes on platforms left out."""
+
+    path: str
+    platforms: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+def export_model(
+    model: SparseNet,
+    variables: Mapping[str, Any],
+    out_path: str | os.PathLike[str],
+    platforms: Sequence[str] | None = None,
+    *,
+    image_size: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> ExportResult:
+    """Write ``model`` in eval mode with ``variables`` as a ``jax.export`` artifact.
+
+    Args:
+      model: the network (its ``dtype`` is the compute dtype of the export).
+      variables: ``{"params", "batch_stats"}``.
+      out_path: the file to write; ``out_path + ".json"`` gets the metadata.
+      platforms: to lower for; default cpu, cuda and tpu. A platform that fails
+        to lower is left out, with a note, unless none lowers.
+      image_size: height = width of the input (default ``model.default_input_size``).
+      metadata: extra JSON-able facts for the ``.json`` file (model name, mean/std).
+
+    Returns:
+      An :class:`ExportResult`.
+
+    Raises:
+      ImportError: ``flatbuffers`` is missing (JAX's serialization needs it).
+      ValueError: an unknown platform, or none could be lowered for.
+    """
+    _require_flatbuffers()
+    platforms = tuple(platforms or DEFAULT_PLATFORMS)
+    unknown = [p for p in platforms if p not in PLATFORMS]
+    if unknown:
+        raise ValueError(f"unknown platform(s) {unknown}: choose from {', '.join(PLATFORMS)}")
+    size = image_size or model.default_input_size
+    shape = jax.export.symbolic_shape(f"b, {size}, {size}, {model.in_channels}")
+    spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+    weights = jax.tree_util.tree_map(jnp.asarray, dict(variables))
+
+    @jax.jit
+    def predict(images: jax.Array) -> jax.Array:
+        return model.apply(weights, images)  # type: ignore[return-value]
+
+    exported, notes = _export_for(predict, spec, platforms)
+    out = os.fspath(out_path)
+    _write_atomic(out, bytes(exported.serialize()))
+    info = {
+        "format": "jax.export",
+        "input_shape": [None, size, size, model.in_channels],
+        "input_dtype": "float32",
+        "num_classes": model.num_classes,
+        "compute_dtype": jnp.dtype(model.dtype).name,
+        "platforms": list(exported.platforms),
+        **(metadata or {}),
+    }
+    _write_atomic(out + ".json", (json.dumps(info, indent=2) + "\n").encode())
+    return ExportResult(out, tuple(exported.platforms), notes)
+
+
+def _export_for(
+    fn: Any, spec: jax.ShapeDtypeStruct, platforms: tuple[str, ...]
+) -> tuple[jax.export.Exported, tuple[str, ...]]:
+    """Lower for all ``platforms`` at once; failing that, for those that lower alone."""
+    try:
+        return jax.export.export(fn, platforms=platforms)(spec), ()
+    except Exception:  # find which platform fails, keep the others
+        pass
+    good, notes = [], []
+    for platform in platforms:
+        try:
+            jax.export.export(fn, platforms=(platform,))(spec)
+            good.append(platform)
+        except Exception as err:
+            notes.append(f"left out {platform}: {type(err).__name__}: {str(err)[:200]}")
+    if not good:
+        raise ValueError(f"could not lower for any of {platforms}: " + "; ".join(notes))
+    return jax.export.export(fn, platforms=tuple(good))(spec), tuple(notes)
+
+
+def _require_flatbuffers() -> None:
+    try:
+        import flatbuffers  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "writing a jax.export artifact needs the flatbuffers package: pip install flatbuffers"
+        ) from None
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# From a training workdir
+
+
+class ExportError(RuntimeError):
+    """The workdir cannot be exported; the command line prints it as one line."""
+
+
+def export_workdir(
+    workdir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    step: int | None = None,
+    dtype: str = "float32",
+    platforms: Sequence[str] | None = None,
+) -> ExportResult:
+    """Export the newest (or ``step``'s) checkpoint of a training workdir.
+
+    Args:
+      workdir: a ``python -m sparsenet_jax.train`` workdir (``config.json`` and
+        Orbax checkpoints in ``checkpoints/<step>/``).
+      out_path: the artifact to write.
+      step: the checkpoint to export (default: the newest that restores).
+      dtype: compute dtype of the export, ``"float32"`` or ``"bfloat16"``;
+        the weights stay float32.
+      platforms: see :func:`export_model`.
+
+    Raises:
+      ExportError: no workdir, no config, no readable checkpoint.
+    """
+    from sparsenet_jax.data import dataset_info
+    from sparsenet_jax.model.presets import create_model
+
+    root = pathlib.Path(workdir)
+    config = _read_config(root)
+    state, restored_step = _restore(root / "checkpoints", step)
+    info = dataset_info(config["dataset"])
+    model = create_model(
+        config["model"],
+        num_classes=info.num_classes,
+        in_channels=info.channels,
+        dtype=jnp.dtype(dtype),
+        **config.get("model_kwargs", {}),
+    )
+    metadata = {
+        "model": config["model"],
+        "model_kwargs": config.get("model_kwargs", {}),
+        "dataset": info.name,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "step": restored_step,
+    }
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    return export_model(
+        model, variables, out_path, platforms, image_size=info.image_size, metadata=metadata
+    )
+
+
+def _read_config(root: pathlib.Path) -> dict[str, Any]:
+    if not root.is_dir():
+        raise ExportError(f"no such workdir: {root}")
+    path = root / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{root} is not a training workdir: it has no config.json") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ExportError(f"cannot read {path}: {err}") from None
+    missing = [k for k in ("model", "dataset") if k not in config]
+    if missing:
+        raise ExportError(f"{path} lacks {', '.join(missing)}")
+    return dict(config)
+
+
+def _restore(folder: pathlib.Path, step: int | None) -> tuple[dict[str, Any], int]:
+    """The raw tree of the newest checkpoint in ``folder`` that restores (or of ``step``)."""
+    import orbax.checkpoint as ocp
+
+    if not folder.is_dir():
+        raise ExportError(f"no checkpoint in {folder}: train first, or pass another --workdir")
+    manager = ocp.CheckpointManager(
+        folder.absolute(), options=ocp.CheckpointManagerOptions(create=False)
+    )
+    found = sorted(manager.all_steps(), reverse=True)
+    if not found:
+        raise ExportError(f"no checkpoint in {folder}: train first, or pass another --workdir")
+    if step is not None and step not in found:
+        raise ExportError(f"no checkpoint of step {step} in {folder}; there are {sorted(found)}")
+    errors = []
+    for candidate in [step] if step is not None else found:
+        try:
+            tree = manager.restore(candidate, args=ocp.args.StandardRestore())
+        except Exception as err:  # a truncated or corrupt checkpoint: try an older one
+            errors.append(f"step {candidate}: {type(err).__name__}: {str(err)[:200]}")
+            continue
+        if not isinstance(tree, Mapping) or not {"params", "batch_stats"} <= set(tree):
+            raise ExportError(f"checkpoint {candidate} in {folder} holds no params/batch_stats")
+        return dict(tree), int(candidate)
+    raise ExportError(f"no readable checkpoint in {folder} ({'; '.join(errors)})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sparsenet_jax.export``: 0 on success, 1 with one error line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sparsenet_jax.export",
+        description="Export a training workdir's weights as a jax.export artifact.",
+    )
+    parser.add_argument("--workdir", required=True, help="the training workdir")
+    parser.add_argument("--out", required=True, help="the artifact to write (e.g. model.jax)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--platforms",
+        default=",".join(DEFAULT_PLATFORMS),
+        help="comma-separated platforms to lower for (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+    try:
+        result = export_workdir(
+            args.workdir, args.out, step=args.step, dtype=args.dtype, platforms=platforms
+        )
+    except (ExportError, ImportError, OSError, ValueError, TypeError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {result.path} for {', '.join(result.platforms)} (metadata: {result.path}.json)")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
