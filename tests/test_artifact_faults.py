@@ -12,6 +12,8 @@ import os
 import pathlib
 import re
 import shutil
+import struct
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,8 @@ import numpy as np
 import pytest
 
 import sparsenet_jax as sj
-from sparsenet_jax import export
+from conftest import load_reference
+from sparsenet_jax import convert, export
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs flatbuffers")
 
@@ -220,3 +223,190 @@ def test_export_cli_out_dir_is_one_line_and_leaves_nothing(tmp_path, capsys):
     assert err.count("\n") == 1 and "is a directory" in err and str(out) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "w"]
     assert list(out.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------
+# .pth and .npz weights (items 6 and 7, and the odd entries)
+
+
+def _reference_sd() -> dict[str, np.ndarray]:
+    ref = load_reference("tiny_densenet_d13_k6_c10.npz")
+    return {k[3:]: v for k, v in ref.items() if k.startswith("sd/")}
+
+
+def _member_data_offsets(path: pathlib.Path) -> dict[str, tuple[int, int]]:
+    """Member name → (offset, size) of its stored bytes in the zip archive."""
+    raw = path.read_bytes()
+    out = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name_len, extra_len = struct.unpack(
+                "<HH", raw[info.header_offset + 26 : info.header_offset + 30]
+            )
+            start = info.header_offset + 30 + name_len + extra_len
+            out[info.filename] = (start, info.compress_size)
+    return out
+
+
+def _write_fake_pth(path: pathlib.Path) -> None:
+    """A zip laid out like torch.save's, written without torch (its pickle is not loadable)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        archive.writestr("archive/data/0", np.arange(64, dtype=np.float32).tobytes())
+        archive.writestr("archive/version", b"3\n")
+
+
+def test_damaged_pth_zip_member_is_named_before_torch_is_needed(tmp_path):
+    """issue 18 item 6: a bad CRC is refused naming the file and member, without torch."""
+    path = tmp_path / "weights.pth"
+    _write_fake_pth(path)
+    start, size = _member_data_offsets(path)["archive/data/0"]
+    data = bytearray(path.read_bytes())
+    data[start + size // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(convert.CheckpointError) as err:
+        convert.load_state_dict(path)
+    message = _one_line(err.value)
+    assert str(path) in message and "archive/data/0" in message
+
+
+def test_pth_with_flipped_bytes_never_loads_changed_weights(tmp_path):
+    """issue 18 item 6: one flipped byte in a .pth is refused (naming the member) or harmless.
+
+    ``torch.load`` does not check the zip CRCs: 10 of 13 flips loaded with changed weights.
+    """
+    torch = pytest.importorskip("torch")
+    sd = _reference_sd()
+    original = tmp_path / "orig.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, original)
+    offsets = _member_data_offsets(original)
+    model = sj.create_model("densenet-13-6")
+    expected = convert.load_pretrained(model, original)
+    size = original.stat().st_size
+    # A byte inside each member's data, and 13 spread over the whole file.
+    members = {name: start + length // 2 for name, (start, length) in offsets.items() if length}
+    spread = {f"offset {o}": o for o in np.linspace(0, size - 1, 13).astype(int).tolist()}
+    for label, offset in {**members, **spread}.items():
+        path = tmp_path / "flipped.pth"
+        data = bytearray(original.read_bytes())
+        data[offset] ^= 0x04
+        path.write_bytes(bytes(data))
+        try:
+            got = convert.load_pretrained(model, path)
+        except (convert.CheckpointError, ValueError) as err:
+            message = _one_line(err)
+            assert str(path) in message, (label, message)
+            if label in members:
+                assert label in message, (label, message)
+            continue
+        assert label not in members, f"{label}: a flipped data byte loaded"
+        jax.tree_util.tree_map(np.testing.assert_array_equal, got, expected)
+
+
+def test_huge_stride0_entry_is_refused_by_shape_before_its_data_is_touched(monkeypatch):
+    """issue 18 item 7: an entry of a size the model cannot have is refused unread.
+
+    A stride-0 array of 93 GiB costs nothing until something reads it; the shape
+    check comes first, so ``np.isfinite`` never sees it.
+    """
+    sd = _reference_sd()
+    sd["features.conv0.weight"] = np.broadcast_to(np.float32(0), (25_000_000_000,))
+    real_isfinite = np.isfinite
+
+    def guarded_isfinite(a, *args, **kwargs):
+        assert np.size(a) < 10**8, f"np.isfinite over {np.size(a)} elements"
+        return real_isfinite(a, *args, **kwargs)
+
+    monkeypatch.setattr(np, "isfinite", guarded_isfinite)
+    with pytest.raises(ValueError) as err:
+        convert.from_torch_state_dict(sj.create_model("densenet-13-6"), sd)
+    message = _one_line(err.value)
+    assert "mis-shaped: features.conv0.weight" in message and "25000000000" in message
+
+
+def test_huge_stride0_pth_entry_is_refused_unread(tmp_path, monkeypatch):
+    """issue 18 item 7: the 73 KB .pth asking for 93 GiB, through load_state_dict and load_pretrained."""
+    torch = pytest.importorskip("torch")
+    sd = {k: torch.from_numpy(v) for k, v in _reference_sd().items()}
+    sd["features.conv0.weight"] = torch.zeros(1).expand(25_000_000_000)
+    path = tmp_path / "huge.pth"
+    torch.save(sd, path)
+    assert path.stat().st_size < 200_000
+    real_isfinite = np.isfinite
+
+    def guarded_isfinite(a, *args, **kwargs):
+        assert np.size(a) < 10**8, f"np.isfinite over {np.size(a)} elements"
+        return real_isfinite(a, *args, **kwargs)
+
+    monkeypatch.setattr(np, "isfinite", guarded_isfinite)
+    model = sj.create_model("densenet-13-6")
+    for load in (convert.load_state_dict, lambda p: convert.load_pretrained(model, p)):
+        with pytest.raises(ValueError) as err:
+            load(path)
+        message = _one_line(err.value)
+        assert str(path) in message and "features.conv0.weight" in message
+        assert "93.1 GiB" in message
+
+
+def test_bf16_pth_loads_as_float32(tmp_path):
+    """issue 18 (noisy): a bfloat16 .pth entry is widened to float32 (exact), not a TypeError."""
+    torch = pytest.importorskip("torch")
+    sd = _reference_sd()
+    path = tmp_path / "bf16.pth"
+    torch.save({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in sd.items()}, path)
+    loaded = convert.load_state_dict(path)
+    weight = loaded["features.conv0.weight"]
+    assert weight.dtype == np.float32
+    expected = torch.from_numpy(sd["features.conv0.weight"]).to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(weight, expected)
+    variables = convert.load_pretrained(sj.create_model("densenet-13-6"), path)
+    assert sj.count_params(variables) == 22_630
+
+
+def _torch_odd_entry(torch, kind):
+    if kind == "sparse":
+        return torch.eye(4).to_sparse()
+    if kind == "string":
+        return "not a tensor"
+    if kind == "complex":
+        return torch.ones(16, dtype=torch.complex64)
+    if kind == "list":
+        return ["a", "b"]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "string", "complex", "list"])
+def test_odd_pth_entry_is_one_line_naming_it(tmp_path, kind):
+    """issue 18 (noisy): sparse, string-valued or complex .pth entries → one line naming the entry."""
+    torch = pytest.importorskip("torch")
+    sd = {k: torch.from_numpy(v) for k, v in _reference_sd().items()}
+    sd["features.norm0.running_var"] = _torch_odd_entry(torch, kind)
+    path = tmp_path / f"{kind}.pth"
+    torch.save(sd, path)
+    model = sj.create_model("densenet-13-6")
+    for load in (convert.load_state_dict, lambda p: convert.load_pretrained(model, p)):
+        with pytest.raises(convert.CheckpointError) as err:
+            load(path)
+        message = _one_line(err.value)
+        assert str(path) in message and "features.norm0.running_var" in message
+    with pytest.raises(convert.CheckpointError, match=r"features\.norm0\.running_var"):
+        convert.from_torch_state_dict(model, sd)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [np.array(["abc", "def"]), np.ones(8, np.complex64), np.array(b"raw")],
+    ids=["string", "complex", "bytes"],
+)
+def test_odd_npz_entry_is_one_line_naming_it(tmp_path, value):
+    """issue 18 (noisy): string-valued or complex entries are refused, not loaded with a warning."""
+    sd = _reference_sd()
+    sd["features.conv0.weight"] = value
+    path = tmp_path / "odd.npz"
+    np.savez(path, **sd)
+    model = sj.create_model("densenet-13-6")
+    for load in (convert.load_state_dict, lambda p: convert.load_pretrained(model, p)):
+        with pytest.raises(convert.CheckpointError) as err:
+            load(path)
+        message = _one_line(err.value)
+        assert str(path) in message and "features.conv0.weight" in message
