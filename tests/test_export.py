@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 import sparsenet_jax as sj
 from sparsenet_jax.tools import export
+from sparsenet_jax.tools.artifact import identity_digest
 from train_helpers import cli_env, run_train
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs flatbuffers")
@@ -102,6 +104,12 @@ def test_loaded_artifact_refuses_pixels_and_other_shapes(tiny):
 
 def test_not_an_artifact(tmp_path):
     (tmp_path / "x.jax").write_bytes(b"not stablehlo")
+    with pytest.raises(ValueError, match=r"its sidecar .*x\.jax\.json is missing"):
+        sj.load_exported(tmp_path / "x.jax")
+    # A sidecar that vouches for the bytes: they reach jax, which refuses them.
+    info = {"sha256": hashlib.sha256(b"not stablehlo").hexdigest()}
+    info["identity"] = identity_digest(info)
+    (tmp_path / "x.jax.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match=r"is not a jax\.export artifact"):
         sj.load_exported(tmp_path / "x.jax")
 

@@ -5,7 +5,10 @@ batch dimension and fixed image size, lowered for CPU, CUDA and TPU where the
 installed JAX can target them (no accelerator is needed to lower for one). Load
 it with :func:`sparsenet_jax.load_exported` (imports JAX only, not Flax) or
 ``jax.export.deserialize``. A ``.json`` file beside it records the input shape,
-the platforms and, from a training workdir, the normalisation statistics.
+the platforms and, from a training workdir, the model and normalisation
+statistics; and the artifact's sha256 with an ``identity`` digest of the
+sidecar's facts, which :func:`~sparsenet_jax.load_exported` verifies before
+any byte reaches jax.
 
 Command line: ``python -m sparsenet_jax.export --workdir W --out model.jax``
 exports the newest checkpoint of a training workdir.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -28,6 +32,7 @@ import jax
 import jax.export  # jax < 0.8 does not load this submodule with `import jax`
 import jax.numpy as jnp
 
+from sparsenet_jax.tools.artifact import identity_digest
 from sparsenet_jax.model.network import SparseNet
 
 DEFAULT_PLATFORMS: tuple[str, ...] = ("cpu", "cuda", "tpu")
@@ -62,15 +67,19 @@ def export_model(
         to lower is left out, with a note, unless none lowers.
       image_size: height = width of the input (default ``model.default_input_size``).
       metadata: extra JSON-able facts for the ``.json`` file (model name, mean/std).
+        Its ``model``, ``mean`` and ``std`` (``null`` when absent) join the
+        sidecar's identity with the artifact's ``sha256`` and input shape.
 
     Returns:
       An :class:`ExportResult`.
 
     Raises:
       ImportError: ``flatbuffers`` is missing (JAX's serialization needs it).
-      ValueError: an unknown platform, or none could be lowered for.
+      ValueError: an unknown platform, none could be lowered for, or
+        ``out_path`` is a directory.
     """
     _require_flatbuffers()
+    _check_out(out_path)
     platforms = tuple(platforms or DEFAULT_PLATFORMS)
     unknown = [p for p in platforms if p not in PLATFORMS]
     if unknown:
@@ -86,16 +95,24 @@ def export_model(
 
     exported, notes = _export_for(predict, spec, platforms)
     out = os.fspath(out_path)
-    _write_atomic(out, bytes(exported.serialize()))
-    info = {
+    data = bytes(exported.serialize())
+    extra = dict(metadata or {})
+    info: dict[str, Any] = {
         "format": "jax.export",
-        "input_shape": [None, size, size, model.in_channels],
         "input_dtype": "float32",
         "num_classes": model.num_classes,
         "compute_dtype": jnp.dtype(model.dtype).name,
         "platforms": list(exported.platforms),
-        **(metadata or {}),
+        **extra,
+        # The identity: what ties this sidecar to this artifact (see exported.read_sidecar).
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "model": extra.get("model"),
+        "input_shape": [None, size, size, model.in_channels],
+        "mean": extra.get("mean"),
+        "std": extra.get("std"),
     }
+    info["identity"] = identity_digest(info)
+    _write_atomic(out, data)
     _write_atomic(out + ".json", (json.dumps(info, indent=2) + "\n").encode())
     return ExportResult(out, tuple(exported.platforms), notes)
 
@@ -129,11 +146,30 @@ def _require_flatbuffers() -> None:
         ) from None
 
 
+def _check_out(out_path: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, an output path that is a directory (or whose sidecar is one)."""
+    out = os.fspath(out_path)
+    for path in (out, out + ".json"):
+        if os.path.isdir(path):
+            raise ValueError(
+                f"{path} is a directory: name the artifact's file, e.g. "
+                f"{os.path.join(out, 'model.jax')}"
+            )
+
+
 def _write_atomic(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data``; nothing is left behind if that fails."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 # ---------------------------------------------------------------------------
@@ -169,6 +205,7 @@ def export_workdir(
     from sparsenet_jax.data import dataset_info
     from sparsenet_jax.model.presets import create_model
 
+    _check_out(out_path)
     root = pathlib.Path(workdir)
     config = _read_config(root)
     state, restored_step = _restore(root / "checkpoints", step)
