@@ -143,12 +143,19 @@ def prepare_hint(name: str, data_dir: str) -> str:
     )
 
 
-def open_source(name: str, split: str, data_dir: str) -> Sequence[dict[str, Any]] | None:
-    """The tfds random-access source; None if the data is there but in a TensorFlow-only format."""
+def open_source(
+    name: str, split: str, data_dir: str, *, encoded_images: bool = False
+) -> Sequence[dict[str, Any]] | None:
+    """The tfds random-access source; None if the data is there but in a TensorFlow-only format.
+
+    With ``encoded_images`` the examples' ``"image"`` is the encoded file (bytes), for
+    ``images.decode`` to decode: tfds's own NumPy decoding skips ``convert("RGB")``, so
+    CMYK JPEGs come out with four inverted channels and palette images as indices.
+    """
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as err:  # tfds signals missing data with several exception types
         prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
         if prepared and isinstance(err, NotImplementedError):
@@ -156,6 +163,13 @@ def open_source(name: str, split: str, data_dir: str) -> Sequence[dict[str, Any]
         if prepared:
             raise
         raise DatasetNotFoundError(prepare_hint(name, data_dir)) from err
+    if encoded_images and hasattr(source, "decoders"):
+        # Set on the source rather than passed to tfds.data_source, whose decoders
+        # argument also changes how tfds.testing.mock_data fakes examples (it then needs
+        # TensorFlow). Sources without the field keep tfds's decoding: arrays, which
+        # images.to_rgb accepts too.
+        source.decoders = {"image": tfds.decode.SkipDecoding()}
+    return source
 
 
 def _read_tfds(info: DatasetInfo, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
