@@ -108,13 +108,17 @@ def open_image(data: bytes | str, name: str) -> Image.Image:
             source = data if isinstance(data, str) else io.BytesIO(data)
             image = Image.open(source, formats=FORMATS)
     except Image.DecompressionBombError as err:
-        raise ImageDecodeError(f"{name}: refused as a decompression bomb ({err})") from None
+        raise ImageDecodeError(
+            f"{name}: refused as a decompression bomb ({_reason(err)})"
+        ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(
             f"{name}: not a JPEG, PNG or WebP image ({_describe(data)})"
         ) from None
     except (OSError, ValueError, SyntaxError) as err:
-        raise ImageDecodeError(f"{name}: truncated or corrupt image header ({err})") from None
+        raise ImageDecodeError(
+            f"{name}: truncated or corrupt image header ({_reason(err)})"
+        ) from None
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageDecodeError(
@@ -124,6 +128,10 @@ def open_image(data: bytes | str, name: str) -> Image.Image:
     if width < 1 or height < 1:
         raise ImageDecodeError(f"{name}: the header says {width}x{height}")
     return image
+
+
+def _reason(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _describe(data: bytes | str) -> str:
@@ -152,7 +160,7 @@ def decode(data: bytes | str, name: str, notes: ConversionNotes | None = None) -
         image.load()  # decodes; raises on truncated data (PIL does not pad by default)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
         raise ImageDecodeError(
-            f"{name}: truncated or corrupt {image.format} data ({err})"
+            f"{name}: truncated or corrupt {image.format} data ({_reason(err)})"
         ) from None
     if notes is not None:
         notes.add(image.mode)
