@@ -231,6 +231,10 @@ def test_conversion_note_once_per_load(tmp_path, caplog) -> None:
         folder.load(root)
     notes = [r.getMessage() for r in caplog.records if "converted to RGB" in r.getMessage()]
     assert notes == [f"{root}: converted to RGB: 2 grayscale, 1 palette image(s)"]
+    folder._LOADED.clear()
+    caplog.clear()
+    loaded = data.load_dataset("folder", str(root))  # from the cache: the note comes along
+    assert loaded.notes == tuple(notes) and not caplog.records
 
 
 def _expect_error(root: pathlib.Path, *names: object, cls=folder.ImageFolderError) -> str:

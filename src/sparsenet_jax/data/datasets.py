@@ -87,7 +87,9 @@ class LoadedDataset:
     info: DatasetInfo  # num_train/num_test: the sizes read; mean/std: computed for "folder"
     train: tuple[np.ndarray, np.ndarray]  # images uint8 NHWC, labels int32
     test: tuple[np.ndarray, np.ndarray]
-    notes: tuple[str, ...] = ()  # one line each, e.g. sizes that differ from the catalogue's
+    # One line each, for the trainer to print: sizes that differ from the catalogue's
+    # (also logged), images converted to RGB (folder; also logged at INFO when decoded).
+    notes: tuple[str, ...] = ()
 
 
 def dataset_info(
@@ -127,7 +129,10 @@ def load_dataset(
     if name in LOCAL_DATASETS:
         image_set = _load_folder(data_dir, image_size)
         return LoadedDataset(
-            _folder_info(image_set), image_set.split("train"), image_set.split("test")
+            _folder_info(image_set),
+            image_set.split("train"),
+            image_set.split("test"),
+            image_set.notes,
         )
     info = dataset_info(name, image_size=image_size)
     source = _cifar_source(name, data_dir)

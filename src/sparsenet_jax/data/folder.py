@@ -47,7 +47,7 @@ logger = logging.getLogger("sparsenet_jax.data")
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 IGNORED = ("Thumbs.db", "desktop.ini")  # written by file managers next to images
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _PACKED_KEYS = ("classes", "train_jpeg", "train_offsets", "train_labels")
 _LOADED: dict[str, ImageSet] = {}  # the last set loaded in this process, by cache path
 
@@ -73,6 +73,7 @@ class ImageSet:
     mean: tuple[float, ...]  # per channel, of the train images scaled to [0, 1]
     std: tuple[float, ...]
     from_cache: bool = False
+    notes: tuple[str, ...] = ()  # one line each, e.g. how many images were converted to RGB
 
     @property
     def image_size(self) -> int:
@@ -202,8 +203,11 @@ class _Plan:
                 f"{_hw(test[0])}; give an image size to resize both"
             )
         notes.log(self.root)
+        note = notes.message(self.root)
         mean, std = channel_stats(train[0])
-        return ImageSet(self.root, self.classes, *train, *test, mean, std)
+        return ImageSet(
+            self.root, self.classes, *train, *test, mean, std, notes=(note,) if note else ()
+        )
 
 
 def _plan(root: str, image_size: int | None, splits: Sequence[str] = ("train", "test")) -> _Plan:
@@ -575,6 +579,7 @@ def _read_cache(cache: str, root: str) -> ImageSet | None:
                 mean=tuple(float(v) for v in f["mean"]),
                 std=tuple(float(v) for v in f["std"]),
                 from_cache=True,
+                notes=tuple(str(n) for n in f["notes"]),
             )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         logger.warning("%s: unreadable image cache, decoding again (%s)", cache, err)
@@ -600,6 +605,7 @@ def _write_cache(cache: str, image_set: ImageSet) -> None:
                 test_labels=image_set.test_labels,
                 mean=np.asarray(image_set.mean, np.float64),
                 std=np.asarray(image_set.std, np.float64),
+                notes=np.asarray(image_set.notes, str),
             )
             f.flush()
             os.fsync(f.fileno())
