@@ -464,3 +464,16 @@ def test_cifar_image_folder_helper(tmp_path) -> None:
     image_set = folder.load(root)
     assert image_set.classes == ("airplane", "automobile", "bird")
     assert image_set.train_images.shape == (6, 32, 32, 3) and len(image_set.test_labels) == 3
+
+
+def test_a_loader_refuses_non_finite_float_images_once(tmp_path) -> None:
+    """Issue 18 item 10, the loaders' half: a float cache holding NaN is refused, named."""
+    cache = tmp_path / "tfds" / "sparsenet_jax_cache"
+    cache.mkdir(parents=True)
+    pixels = np.zeros((3, 32, 32, 3), np.float32)
+    pixels[1, 0, 0, 0] = np.nan
+    np.save(cache / "cifar10-test-images.npy", pixels)
+    np.save(cache / "cifar10-test-labels.npy", np.zeros(3, np.int32))
+    with pytest.raises(images.NonFiniteImageError) as err:
+        data.load_arrays("cifar10", "test", str(tmp_path / "tfds"))
+    _one_line(err, "cifar10-test-images.npy[1]", "NaN or Inf")
