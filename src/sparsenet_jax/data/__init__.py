@@ -1,7 +1,12 @@
 """Datasets and augmentation, one job per module.
 
 * ``datasets``: the registry (``DatasetInfo``, ``DATASETS``, ``dataset_info``) and
-  ``load_arrays``, the small datasets (digits, CIFAR-10/100) as in-memory uint8 NHWC arrays.
+  ``load_arrays``/``load_dataset``, the small datasets (digits, CIFAR-10/100, an image
+  folder) as in-memory uint8 NHWC arrays.
+* ``images``: the one image decoder of every loader (bytes to RGB, one-line errors).
+* ``folder``: ``--dataset folder``: ROOT/train/<class>/*, ROOT/test/<class>/*, or a
+  packed ``.npz`` of JPEGs, decoded into memory and cached.
+* ``cifar_files``: CIFAR-10/100 from the official python or binary downloads.
 * ``digits``: scikit-learn's digits upscaled to 32 x 32, with a fixed split.
 * ``preprocess``: ``normalize`` and ``augment``, jittable, applied on the accelerator.
 * ``sampling``: ``epoch_order``, ``host_batch_indices``, ``eval_batch_indices``:
@@ -10,35 +15,53 @@
   thread pool.
 * ``cli``: ``main``, the ``prepare`` command.
 
-CIFAR and ImageNet are read with ``tfds.data_source`` from data prepared in the
-``array_record`` format, which needs no TensorFlow; preparing it does
-(``python -m sparsenet_jax.data prepare NAME --data-dir DIR``).
+CIFAR (unless ``--data-dir`` holds the official files) and ImageNet are read with
+``tfds.data_source`` from data prepared in the ``array_record`` format, which needs no
+TensorFlow; preparing it does (``python -m sparsenet_jax.data prepare NAME --data-dir DIR``).
 """
 
+from sparsenet_jax.data.cifar_files import CifarFileError
 from sparsenet_jax.data.cli import main
 from sparsenet_jax.data.datasets import (
+    ALL_DATASETS,
     DATASETS,
+    LOCAL_DATASETS,
     DatasetInfo,
     DatasetNotFoundError,
+    LoadedDataset,
     dataset_info,
     load_arrays,
+    load_dataset,
 )
+from sparsenet_jax.data.folder import ImageFolderError, ImageSet, InsufficientMemoryError
 from sparsenet_jax.data.imagenet import Batch, ImageNetLoader
+from sparsenet_jax.data.images import ImageDataError, ImageDecodeError, NonFiniteImageError
 from sparsenet_jax.data.preprocess import augment, normalize
 from sparsenet_jax.data.sampling import epoch_order, eval_batch_indices, host_batch_indices
 
 __all__ = [
+    "ALL_DATASETS",
     "DATASETS",
+    "LOCAL_DATASETS",
     "Batch",
+    "CifarFileError",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "ImageDataError",
+    "ImageDecodeError",
+    "ImageFolderError",
     "ImageNetLoader",
+    "ImageSet",
+    "InsufficientMemoryError",
+    "LoadedDataset",
+    "NonFiniteImageError",
     "augment",
     "dataset_info",
     "epoch_order",
     "eval_batch_indices",
     "host_batch_indices",
     "load_arrays",
+    "load_dataset",
     "main",
     "normalize",
 ]

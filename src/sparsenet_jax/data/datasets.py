@@ -1,12 +1,15 @@
 """The dataset registry and the in-memory datasets.
 
 * ``DatasetInfo``, ``DATASETS``, ``dataset_info``: static facts about each dataset.
-* ``load_arrays``: the small datasets (digits, CIFAR-10/100) as uint8 NHWC arrays.
+* ``load_arrays``: the small datasets (digits, CIFAR-10/100, an image folder) as uint8
+  NHWC arrays; ``load_dataset``: both splits and the facts as read (``LoadedDataset``).
 * ``resolve_data_dir``, ``open_source``, ``prepare_hint``: the tfds reading that the
   ImageNet loader and the ``prepare`` command share: where the data lives, its
   ``array_record`` source, and the message that says how to prepare missing data.
 
-CIFAR is decoded once from tfds and then cached as ``.npy`` files in the data_dir.
+CIFAR is read from the official files when data_dir holds them (``cifar_files``), else
+decoded once from tfds and then cached as ``.npy`` files in the data_dir. The folder
+dataset (``folder``) takes its facts from the data it reads.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import concurrent.futures
 import dataclasses
 import difflib
 import importlib.util
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from sparsenet_jax.data import digits
+
+logger = logging.getLogger("sparsenet_jax.data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +42,7 @@ class DatasetInfo:
     num_test: int  # ImageNet: the validation split
     mean: tuple[float, ...]  # per channel, pixel values scaled to [0, 1]
     std: tuple[float, ...]
+    classes: tuple[str, ...] = ()  # label names where the data names them (folder, CIFAR files)
 
 
 _INFOS = {
@@ -58,34 +65,119 @@ _INFOS = {
         (0.229, 0.224, 0.225),
     ),
 }
-DATASETS: tuple[str, ...] = tuple(_INFOS)
-IN_MEMORY: tuple[str, ...] = ("digits", "cifar10", "cifar100")  # what load_arrays serves
+DATASETS: tuple[str, ...] = tuple(_INFOS)  # the catalogued datasets, facts known in advance
+# Datasets whose facts come from the data found in data_dir (classes, size, counts, mean/std).
+LOCAL_DATASETS: tuple[str, ...] = ("folder",)
+ALL_DATASETS: tuple[str, ...] = (*DATASETS, *LOCAL_DATASETS)  # what --dataset accepts
+IN_MEMORY: tuple[str, ...] = ("digits", "cifar10", "cifar100", "folder")  # what load_arrays serves
 
 
 class DatasetNotFoundError(RuntimeError):
-    """The dataset has not been prepared in ``data_dir``; the message says how to prepare it."""
+    """The dataset has not been prepared in ``data_dir``; the message says how to prepare it.
+
+    Also the base of ``images.ImageDataError``: local image data that cannot be read as
+    given. Either way the message is one line naming the file or folder at fault.
+    """
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """The ``DatasetInfo`` of ``name``; ``ValueError`` (with a suggestion) if unknown."""
+@dataclasses.dataclass(frozen=True)
+class LoadedDataset:
+    """An in-memory dataset as actually read: its facts, both splits, and what differed."""
+
+    info: DatasetInfo  # num_train/num_test: the sizes read; mean/std: computed for "folder"
+    train: tuple[np.ndarray, np.ndarray]  # images uint8 NHWC, labels int32
+    test: tuple[np.ndarray, np.ndarray]
+    # One line each, for the trainer to print: sizes that differ from the catalogue's
+    # (also logged), images converted to RGB (folder; also logged at INFO when decoded).
+    notes: tuple[str, ...] = ()
+
+
+def dataset_info(
+    name: str, data_dir: str | None = None, image_size: int | None = None
+) -> DatasetInfo:
+    """The ``DatasetInfo`` of ``name``; ``ValueError`` (with a suggestion) if unknown.
+
+    For the catalogued datasets (``DATASETS``) the facts are static and ``data_dir`` is
+    not read. For ``"folder"``, ``data_dir`` (an image folder or a packed ``.npz``) is
+    read, decoded and cached (see ``folder.load``), and the facts are those of the data:
+    classes, image size (``image_size`` when given), counts, and the train split's mean
+    and std.
+    """
+    if name in LOCAL_DATASETS:
+        return _folder_info(_load_folder(data_dir, image_size))
     if name not in _INFOS:
-        close = difflib.get_close_matches(name, DATASETS, n=1)
+        close = difflib.get_close_matches(name, ALL_DATASETS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown dataset {name!r}.{hint} Valid names: {', '.join(DATASETS)}.")
-    return _INFOS[name]
+        raise ValueError(f"unknown dataset {name!r}.{hint} Valid names: {', '.join(ALL_DATASETS)}.")
+    info = _INFOS[name]
+    if image_size is not None and image_size != info.image_size:
+        raise ValueError(
+            f"{name} images are {info.image_size}x{info.image_size}; an image size "
+            f"({image_size}) applies to the folder dataset only"
+        )
+    return info
+
+
+def load_dataset(
+    name: str, data_dir: str | None = None, image_size: int | None = None
+) -> LoadedDataset:
+    """Both splits of an in-memory dataset, with its facts as read (see ``LoadedDataset``).
+
+    ``info.num_train``/``num_test`` are the sizes actually read; when they differ from
+    the catalogue's, ``notes`` says so in one line (also logged).
+    """
+    if name in LOCAL_DATASETS:
+        image_set = _load_folder(data_dir, image_size)
+        return LoadedDataset(
+            _folder_info(image_set),
+            image_set.split("train"),
+            image_set.split("test"),
+            image_set.notes,
+        )
+    info = dataset_info(name, image_size=image_size)
+    source = _cifar_source(name, data_dir)
+    if source is not None:
+        from sparsenet_jax.data import cifar_files
+
+        x_train, y_train, classes = cifar_files.load(source, "train")
+        x_test, y_test, _ = cifar_files.load(source, "test")
+        info = dataclasses.replace(info, classes=classes)
+        train, test = (x_train, y_train), (x_test, y_test)
+    else:
+        train = load_arrays(name, "train", data_dir)
+        test = load_arrays(name, "test", data_dir)
+    notes = []
+    read = (len(train[1]), len(test[1]))
+    if read != (info.num_train, info.num_test):
+        notes.append(
+            f"{name}: read {read[0]} train and {read[1]} test images from "
+            f"{data_dir or resolve_data_dir(None)}, where the full set has "
+            f"{info.num_train} and {info.num_test}; epochs follow the data read"
+        )
+        logger.warning(notes[-1])
+    info = dataclasses.replace(info, num_train=read[0], num_test=read[1])
+    return LoadedDataset(info, train, test, tuple(notes))
 
 
 def load_arrays(
-    name: str, split: str, data_dir: str | None = None
+    name: str, split: str, data_dir: str | None = None, image_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8 NHWC) and labels (int32) of a small dataset; ``split`` is "train" or "test".
 
-    digits comes with scikit-learn. CIFAR is read from tfds data in ``data_dir``
-    (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) and the decoded arrays
-    are cached there as ``.npy`` files, so later loads take a fraction of a second.
-    Raises ``DatasetNotFoundError`` when the data has not been prepared.
+    digits comes with scikit-learn. ``folder`` is read from ``data_dir`` (see
+    ``folder.load``). CIFAR is read from the official files when ``data_dir`` holds
+    them or is one of them (``cifar-10-python.tar.gz``, ``cifar-10-binary.tar.gz``,
+    the CIFAR-100 ones, or the folders they unpack to; see ``cifar_files``), else from
+    tfds data in ``data_dir`` (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``),
+    whose decoded arrays are cached there as ``.npy`` files.
+    Raises ``DatasetNotFoundError`` (or its subclass ``ImageDataError``, for data that
+    cannot be read as given) with a one-line message.
     """
-    info = dataset_info(name)
+    if name in LOCAL_DATASETS:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        return _load_folder(data_dir, image_size).split(split)
+    info = dataset_info(name, image_size=image_size)
     if name not in IN_MEMORY:
         raise ValueError(f"{name} does not fit in memory; use ImageNetLoader")
     if split not in ("train", "test"):
@@ -93,17 +185,59 @@ def load_arrays(
     if name == "digits":
         images, labels = digits.load_splits()[split]
         return images.copy(), labels.copy()
+    source = _cifar_source(name, data_dir)
+    if source is not None:
+        from sparsenet_jax.data import cifar_files
+
+        images, labels, _ = cifar_files.load(source, split)
+        return images, labels
     root = resolve_data_dir(data_dir)
     cache = os.path.join(root, "sparsenet_jax_cache", f"{name}-{split}")
     try:
-        return np.load(cache + "-images.npy"), np.load(cache + "-labels.npy")
+        images, labels = np.load(cache + "-images.npy"), np.load(cache + "-labels.npy")
     except FileNotFoundError:
         pass
+    else:
+        from sparsenet_jax.data.images import check_finite
+
+        check_finite(images, cache + "-images.npy")
+        return images, labels
     images, labels = _read_tfds(info, split, root)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     _save_atomic(cache + "-images.npy", images)
     _save_atomic(cache + "-labels.npy", labels)  # written last: its presence marks a full cache
     return images, labels
+
+
+def _load_folder(data_dir: str | None, image_size: int | None) -> Any:
+    from sparsenet_jax.data import folder
+
+    if not data_dir:
+        raise ValueError(
+            "the folder dataset needs --data-dir: a folder with train/<class>/* and "
+            "test/<class>/* (or val/), or a packed .npz of JPEGs"
+        )
+    return folder.load(data_dir, image_size)
+
+
+def _folder_info(image_set: Any) -> DatasetInfo:
+    return DatasetInfo(
+        "folder",
+        len(image_set.classes),
+        image_set.image_size,
+        3,
+        len(image_set.train_labels),
+        len(image_set.test_labels),
+        image_set.mean,
+        image_set.std,
+        image_set.classes,
+    )
+
+
+def _cifar_source(name: str, data_dir: str | None) -> Any:
+    from sparsenet_jax.data import cifar_files
+
+    return cifar_files.find(name, data_dir)
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -143,12 +277,19 @@ def prepare_hint(name: str, data_dir: str) -> str:
     )
 
 
-def open_source(name: str, split: str, data_dir: str) -> Sequence[dict[str, Any]] | None:
-    """The tfds random-access source; None if the data is there but in a TensorFlow-only format."""
+def open_source(
+    name: str, split: str, data_dir: str, *, encoded_images: bool = False
+) -> Sequence[dict[str, Any]] | None:
+    """The tfds random-access source; None if the data is there but in a TensorFlow-only format.
+
+    With ``encoded_images`` the examples' ``"image"`` is the encoded file (bytes), for
+    ``images.decode`` to decode: tfds's own NumPy decoding skips ``convert("RGB")``, so
+    CMYK JPEGs come out with four inverted channels and palette images as indices.
+    """
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as err:  # tfds signals missing data with several exception types
         prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
         if prepared and isinstance(err, NotImplementedError):
@@ -156,6 +297,13 @@ def open_source(name: str, split: str, data_dir: str) -> Sequence[dict[str, Any]
         if prepared:
             raise
         raise DatasetNotFoundError(prepare_hint(name, data_dir)) from err
+    if encoded_images and hasattr(source, "decoders"):
+        # Set on the source rather than passed to tfds.data_source, whose decoders
+        # argument also changes how tfds.testing.mock_data fakes examples (it then needs
+        # TensorFlow). Sources without the field keep tfds's decoding: arrays, which
+        # images.to_rgb accepts too.
+        source.decoders = {"image": tfds.decode.SkipDecoding()}
+    return source
 
 
 def _read_tfds(info: DatasetInfo, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:

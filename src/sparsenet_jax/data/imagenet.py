@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from sparsenet_jax.data import images as images_lib
 from sparsenet_jax.data.datasets import (
     DatasetInfo,
     DatasetNotFoundError,
@@ -28,7 +29,7 @@ from sparsenet_jax.data.sampling import check_hosts, eval_batch_indices, host_ba
 if TYPE_CHECKING:
     from PIL import Image
 
-Example = Mapping[str, Any]  # a tfds example: {"image": uint8 HWC array, "label": int, ...}
+Example = Mapping[str, Any]  # a tfds example: {"image": JPEG bytes, "label": int, ...}
 _INFO = dataset_info("imagenet2012")
 _MEAN = np.asarray(_INFO.mean, np.float32)
 _STD = np.asarray(_INFO.std, np.float32)
@@ -136,7 +137,7 @@ def open_imagenet(split: str, data_dir: str | None) -> tuple[DatasetInfo, Sequen
     if split not in splits:
         raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
     root = resolve_data_dir(data_dir)
-    source = open_source("imagenet2012", splits[split], root)
+    source = open_source("imagenet2012", splits[split], root, encoded_images=True)
     if source is None:
         raise DatasetNotFoundError(
             f"imagenet2012 in {root} is in the tfrecord format; prepare it again as "
@@ -163,9 +164,17 @@ def eval_example(example: Example) -> tuple[np.ndarray, int]:
 
 
 def _rgb(example: Example) -> Image.Image:
-    from PIL import Image
+    """The example's image in RGB, through the decoder that every loader shares.
 
-    return Image.fromarray(np.asarray(example["image"], np.uint8)).convert("RGB")
+    ``example["image"]`` is the encoded JPEG (``open_imagenet`` skips tfds's decoding),
+    or an already decoded uint8 array.
+    """
+    image = example["image"]
+    name = example.get("file_name", b"an imagenet2012 example")
+    name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+    if isinstance(image, bytes | np.bytes_):
+        return images_lib.decode(bytes(image), f"imagenet2012 {name}")
+    return images_lib.to_rgb(np.asarray(image), f"imagenet2012 {name}")
 
 
 def _resize_normalise(
