@@ -13,7 +13,7 @@ Use::
 
 The parameters are the Linen ones (same names and layout), so
 :func:`from_variables` / :func:`to_variables` move weights between the two APIs:
-converted checkpoints, :func:`sparsenet_jax.export.export_model`, Orbax.
+converted checkpoints, :func:`sparsenet_jax.tools.export.export_model`, Orbax.
 """
 
 from __future__ import annotations

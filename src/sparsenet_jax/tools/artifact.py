@@ -1,4 +1,4 @@
-"""Run a network exported by :mod:`sparsenet_jax.export`, with JAX alone.
+"""Run a network exported by :mod:`sparsenet_jax.tools.export`, with JAX alone.
 
 Importing this module loads neither Flax nor the model code: a serving process
 needs only ``jax``. The artifact is ``jax.export``'s serialized StableHLO (the
@@ -175,7 +175,7 @@ def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
     """The exported network at ``path`` as a callable: images → logits.
 
     Args:
-      path: a file written by :func:`sparsenet_jax.export.export_model` or
+      path: a file written by :func:`sparsenet_jax.tools.export.export_model` or
         ``python -m sparsenet_jax.export``, with its ``.json`` sidecar beside it.
 
     Returns:

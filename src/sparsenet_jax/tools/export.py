@@ -32,8 +32,8 @@ import jax
 import jax.export  # jax < 0.8 does not load this submodule with `import jax`
 import jax.numpy as jnp
 
-from sparsenet_jax.tools.artifact import identity_digest
 from sparsenet_jax.model.network import SparseNet
+from sparsenet_jax.tools.artifact import identity_digest
 
 DEFAULT_PLATFORMS: tuple[str, ...] = ("cpu", "cuda", "tpu")
 PLATFORMS: tuple[str, ...] = ("cpu", "cuda", "rocm", "tpu")  # what jax.export can lower for
