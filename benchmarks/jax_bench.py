@@ -75,13 +75,13 @@ def fake_arrays(
 
 def fake_batch(run: Any, train: bool, seed: int = 0) -> dict[str, Any]:
     """One global batch on ``run.mesh``, as the trainer's input pipeline delivers it."""
-    from sparsenet_jax.training import steps
+    from sparsenet_jax.training import mesh as mesh_lib
 
     size = run.config.batch_size if train else run.config.eval_batch_size
     arrays = fake_arrays(size, run.image_shape, run.info.num_classes, seed)
     if not train:  # eval batches mark their real examples (padding has 0)
         arrays["mask"] = np.ones(size, np.float32)
-    return steps.global_batch(arrays, run.mesh)
+    return mesh_lib.global_batch(arrays, run.mesh)
 
 
 def flops(compiled: Any) -> float | None:

@@ -202,7 +202,7 @@ import tempfile
 
 from IPython.display import Image, Markdown, display
 
-from sparsenet_jax import plot
+from sparsenet_jax.tools import plot
 
 FIG_DIR = pathlib.Path(tempfile.mkdtemp(prefix="sparsenet_figures_"))
 display(Image(filename=str(plot.plot_schedule(FIG_DIR / "schedule.png", num_layers=16))))
@@ -240,10 +240,10 @@ for kind in ("dense", "sparse"):
 # %% id="table"
 import time
 
-from sparsenet_jax import aot as aot_lib
-from sparsenet_jax import config as config_lib
-from sparsenet_jax import tables
-from sparsenet_jax.build import build_run
+from sparsenet_jax.tools import aot as aot_lib
+from sparsenet_jax.tools import tables
+from sparsenet_jax.training import config as config_lib
+from sparsenet_jax.training.build import build_run
 
 if QUICK:
     TABLE_PRESETS = ["sparsenet-13-6", "densenet-13-6", "sparsenet-40-24", "densenet-40-12"]
@@ -286,7 +286,7 @@ print(f"{len(TABLE_PRESETS)} presets in {time.time() - start:.0f} s")
 # builds exactly what the trainer will run; its `config.dtype` is the resolved compute dtype.
 
 # %% id="config"
-from sparsenet_jax import cli
+from sparsenet_jax.training import cli
 
 if QUICK:
     RUN = {"recipe": "digits", "model": "sparsenet-13-6", "max_steps": 30, "log_every_steps": 5}
@@ -379,7 +379,7 @@ if not QUICK and (said.startswith("needs ") or (aot is not None and not aot["fit
 # one); the trainer's `images_per_sec` in `metrics.jsonl` gives yours.
 
 # %% id="cost"
-from sparsenet_jax.reporting import duration
+from sparsenet_jax.training.reporting import duration
 
 
 def seconds(value: float) -> str:
@@ -436,8 +436,8 @@ print(f"{config.dataset}: train images {train_images.shape} {train_images.dtype}
 # %% id="train"
 import contextlib
 
-from sparsenet_jax.errors import TrainingError
-from sparsenet_jax.train import RunResult, train_and_evaluate
+from sparsenet_jax.training.errors import TrainingError
+from sparsenet_jax.training.loop import RunResult, train_and_evaluate
 
 
 class LiveCurves:
@@ -511,7 +511,7 @@ if QUICK:
 result = train(config)
 
 # %% id="lock"
-from sparsenet_jax.workdir import WorkdirLock
+from sparsenet_jax.training.workdir import WorkdirLock
 
 if QUICK:  # stand in for a second tab: hold the workdir's lock, then start the same run
     with WorkdirLock(pathlib.Path(WORKDIR)):
@@ -551,15 +551,16 @@ display(Image(filename=str(curves)))
 # that step, and plain Orbax (no template, no sparsenet_jax) reads the same arrays.
 
 # %% id="checkpoint"
-from sparsenet_jax import input_pipeline, steps
-from sparsenet_jax.checkpoints import Checkpoints
-from sparsenet_jax.train import evaluate
+from sparsenet_jax.training import input_pipeline
+from sparsenet_jax.training import mesh as mesh_lib
+from sparsenet_jax.training.checkpoints import Checkpoints
+from sparsenet_jax.training.loop import evaluate
 
 run = build_run(config)
 checkpoints = Checkpoints(pathlib.Path(WORKDIR), config.keep_checkpoints)
 print("checkpoints:", sorted(int(p.name) for p in checkpoints.folder.iterdir() if p.name.isdigit()))
 initial = run.init_state()
-restored = steps.replicate(checkpoints.restore_latest(initial), run.mesh)
+restored = mesh_lib.replicate(checkpoints.restore_latest(initial), run.mesh)
 raw = checkpoints.manager.restore(checkpoints.manager.latest_step())  # plain Orbax: nested dicts
 checkpoints.close()
 step = int(restored.step)
@@ -597,7 +598,7 @@ print(f"plain Orbax restore: the same {len(jax.tree.leaves(same))} parameter arr
 # `convert.load_pretrained(sparsenet_jax.create_model("sparsenet-40-24", num_classes=100), "sparsenet40_k24_c100.pth")`.
 
 # %% id="convert"
-from sparsenet_jax import convert
+from sparsenet_jax.model import convert
 
 REFERENCE = "tests/data/tiny_sparsenet_d25_k6_c10.npz"
 reference = REPO_ROOT / REFERENCE if REPO_ROOT else None

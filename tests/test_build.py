@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from sparsenet_jax.model.presets import create_model
-from sparsenet_jax.training import build, steps
+from sparsenet_jax.training import build
 from sparsenet_jax.training import config as config_lib
+from sparsenet_jax.training import mesh as mesh_lib
 from sparsenet_jax.training.build import backend_defaults, build_run, resolve_dtype
 from sparsenet_jax.training.errors import TrainingError
 from sparsenet_jax.training.loop import itstime
@@ -78,7 +79,7 @@ def test_the_steps_compile_ahead_of_time_and_run(run):
         "image": rng.integers(0, 256, (32, 32, 32, 1), dtype=np.uint8),
         "label": rng.integers(0, 10, 32).astype(np.int32),
     }
-    state, metrics = run.train_step(run.init_state(), steps.global_batch(local, run.mesh))
+    state, metrics = run.train_step(run.init_state(), mesh_lib.global_batch(local, run.mesh))
     assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
 
 

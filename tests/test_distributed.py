@@ -20,18 +20,18 @@ EIGHT_DEVICES = textwrap.dedent(
     from sparsenet_jax.training import steps
     assert jax.device_count() == 8, jax.devices()
     model = sj.create_model("sparsenet-13-6")
-    tx = steps.make_optimizer(0.1)
+    tx = optim.make_optimizer(0.1)
     rng = np.random.default_rng(0)
     batches = [{"image": rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
                 "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(3)]
     losses = {}
     for n in (1, 8):
-        mesh = steps.data_mesh(jax.devices()[:n])
+        mesh = mesh_lib.data_mesh(jax.devices()[:n])
         state = steps.create_train_state(model, tx, 0, (1, 32, 32, 3), mesh)
-        step = steps.jit_train_step(steps.make_train_step(model, tx), mesh)
+        step = mesh_lib.jit_train_step(steps.make_train_step(model, tx), mesh)
         out = []
         for b in batches:
-            batch = steps.global_batch(b, mesh)
+            batch = mesh_lib.global_batch(b, mesh)
             assert len(batch["image"].sharding.device_set) == n
             state, metrics = step(state, batch)
             out.append(float(metrics["loss"]))

@@ -11,7 +11,7 @@ from flax import nnx
 
 import sparsenet_jax as sj
 import sparsenet_jax.model.nnx as snnx
-from sparsenet_jax.training import steps
+from sparsenet_jax.training import optim, steps
 
 NAME = "sparsenet-10-4"
 WEIGHT_DECAY = 5e-2  # large, so that losing the decay would show
@@ -27,7 +27,7 @@ def linen():
 
 
 def _linen_steps(model, variables, images, labels, weight_decay, n=2):
-    tx = steps.make_optimizer(0.1, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    tx = optim.make_optimizer(0.1, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     state = steps.create_train_state(model, tx, 0, model.default_input_shape)
     chex.assert_trees_all_equal(state.params, variables["params"])  # the same start
     train_step = jax.jit(steps.make_train_step(model, tx))
@@ -54,7 +54,7 @@ def test_nnx_optimizer_steps_match_the_linen_train_step(linen):
 
     net = snnx.from_variables(model, variables)
     net.train()
-    tx = steps.make_optimizer(0.1, momentum=0.9, nesterov=True, weight_decay=WEIGHT_DECAY)
+    tx = optim.make_optimizer(0.1, momentum=0.9, nesterov=True, weight_decay=WEIGHT_DECAY)
     optimizer = snnx.make_optimizer(net, tx)
     losses = [float(_nnx_step(net, optimizer, images, labels)) for _ in range(2)]
 

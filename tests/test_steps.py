@@ -9,7 +9,8 @@ import pytest
 import sparsenet_jax as sj
 from conftest import LARGE_REFERENCES, TINY_REFERENCES, load_reference
 from sparsenet_jax.model import convert
-from sparsenet_jax.training import steps
+from sparsenet_jax.training import mesh as mesh_lib
+from sparsenet_jax.training import optim, steps
 
 
 def _one_reference_step(filename: str, name: str, classes: int):
@@ -17,7 +18,7 @@ def _one_reference_step(filename: str, name: str, classes: int):
     model = sj.create_model(name, num_classes=classes)
     sd = {k[3:]: v for k, v in ref.items() if k.startswith("sd/")}
     variables = convert.from_torch_state_dict(model, sd)
-    tx = steps.make_optimizer(0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    tx = optim.make_optimizer(0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
     state = steps.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],
@@ -99,13 +100,13 @@ def test_a_wrong_convention_is_caught():
 def test_decay_mask_selects_kernels_only():
     model = sj.create_model("densenet-13-6")
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    mask = steps.decay_mask(params["params"])
+    mask = optim.decay_mask(params["params"])
     assert mask["conv0"]["kernel"] and mask["classifier"]["kernel"]
     assert not mask["classifier"]["bias"] and not mask["norm_last"]["scale"]
 
 
 def test_piecewise_lr():
-    schedule = steps.piecewise_lr(0.1, steps_per_epoch=10, boundaries_epochs=(150, 225))
+    schedule = optim.piecewise_lr(0.1, steps_per_epoch=10, boundaries_epochs=(150, 225))
     assert float(schedule(0)) == pytest.approx(0.1)
     assert float(schedule(1499)) == pytest.approx(0.1)
     assert float(schedule(1500)) == pytest.approx(0.01)
@@ -114,16 +115,16 @@ def test_piecewise_lr():
 
 def test_train_step_does_not_retrace_and_eval_counts():
     model = sj.create_model("sparsenet-13-6")
-    tx = steps.make_optimizer(0.05)
-    mesh = steps.data_mesh()
+    tx = optim.make_optimizer(0.05)
+    mesh = mesh_lib.data_mesh()
     state = steps.create_train_state(model, tx, 0, (1, 32, 32, 3), mesh)
-    train_step = steps.jit_train_step(
+    train_step = mesh_lib.jit_train_step(
         chex.assert_max_traces(steps.make_train_step(model, tx), n=1), mesh
     )
-    eval_step = steps.jit_eval_step(steps.make_eval_step(model), mesh)
+    eval_step = mesh_lib.jit_eval_step(steps.make_eval_step(model), mesh)
     rng = np.random.default_rng(0)
     for _ in range(3):
-        batch = steps.global_batch(
+        batch = mesh_lib.global_batch(
             {
                 "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
                 "label": rng.integers(0, 10, 8).astype(np.int32),
@@ -136,7 +137,7 @@ def test_train_step_does_not_retrace_and_eval_counts():
     mask = np.array([1, 1, 1, 0, 0, 0, 0, 0], np.float32)
     out = eval_step(
         state,
-        steps.global_batch({**{k: np.asarray(v) for k, v in batch.items()}, "mask": mask}, mesh),
+        mesh_lib.global_batch({**{k: np.asarray(v) for k, v in batch.items()}, "mask": mask}, mesh),
     )
     assert float(out["count"]) == 3.0
     assert 0 <= float(out["correct"]) <= float(out["correct_top5"]) <= 3

@@ -160,7 +160,7 @@ def _merge(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> dict[st
 
 
 def make_optimizer(model: nnx.Module, tx: optax.GradientTransformation) -> nnx.Optimizer:
-    """``nnx.Optimizer`` over the parameters (``wrt=nnx.Param``), e.g. with :func:`sparsenet_jax.training.steps.make_optimizer`."""
+    """``nnx.Optimizer`` over the parameters (``wrt=nnx.Param``), e.g. with :func:`sparsenet_jax.training.optim.make_optimizer`."""
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 

@@ -20,7 +20,8 @@ from jax.sharding import Mesh
 from sparsenet_jax import data as data_lib
 from sparsenet_jax.model.network import SparseNet
 from sparsenet_jax.model.presets import LAYOUT_OVERRIDES, create_model
-from sparsenet_jax.training import steps
+from sparsenet_jax.training import mesh as mesh_lib
+from sparsenet_jax.training import optim, steps
 from sparsenet_jax.training.config import RUN_SET_KWARGS, ConfigError, TrainConfig, suggest
 from sparsenet_jax.training.errors import TrainingError
 
@@ -95,14 +96,14 @@ class Run:
                 self.model, self.tx, self.config.seed, (1, *self.image_shape)
             )
         )
-        replicated, _ = steps.shardings(self.mesh)
+        replicated, _ = mesh_lib.shardings(self.mesh)
         return jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
         )
 
     def abstract_batch(self, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
         """Shapes and shardings of one global batch, as the input pipeline delivers it."""
-        _, batched = steps.shardings(self.mesh)
+        _, batched = mesh_lib.shardings(self.mesh)
         size = self.config.batch_size if train else self.config.eval_batch_size
         # In-memory datasets arrive as uint8 and are augmented on device; the
         # ImageNet loader augments and normalises on the host.
@@ -162,7 +163,7 @@ def build_run(config: TrainConfig, devices: Sequence[jax.Device] | None = None) 
       TrainingError: the batch sizes do not fit the devices or the dataset.
     """
     info = data_lib.dataset_info(config.dataset)
-    mesh = steps.data_mesh(devices)
+    mesh = mesh_lib.data_mesh(devices)
     platform = mesh.devices.flat[0].platform
     config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, platform))
     steps_per_epoch = _steps_per_epoch(config, info, mesh.size)
@@ -179,8 +180,8 @@ def build_run(config: TrainConfig, devices: Sequence[jax.Device] | None = None) 
     model = create_model(
         config.model, num_classes=info.num_classes, **{**model_kwargs, "dtype": _dtype(config)}
     )
-    lr = steps.piecewise_lr(config.lr, steps_per_epoch, config.lr_boundaries, config.lr_decay)
-    tx = steps.make_optimizer(lr, config.momentum, config.nesterov, config.weight_decay)
+    lr = optim.piecewise_lr(config.lr, steps_per_epoch, config.lr_boundaries, config.lr_decay)
+    tx = optim.make_optimizer(lr, config.momentum, config.nesterov, config.weight_decay)
     preprocess = make_preprocess(config, info)
     train_step = steps.make_train_step(model, tx, config.seed, preprocess)
     eval_step = steps.make_eval_step(model, preprocess, top_k=5 if info.num_classes > 10 else 0)
@@ -194,8 +195,8 @@ def build_run(config: TrainConfig, devices: Sequence[jax.Device] | None = None) 
         tx=tx,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
-        train_step=steps.jit_train_step(train_step, mesh),
-        eval_step=steps.jit_eval_step(eval_step, mesh),
+        train_step=mesh_lib.jit_train_step(train_step, mesh),
+        eval_step=mesh_lib.jit_eval_step(eval_step, mesh),
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 
 from sparsenet_jax.training import input_pipeline, memory, steps
+from sparsenet_jax.training import mesh as mesh_lib
 from sparsenet_jax.training.build import Run, build_run
 from sparsenet_jax.training.checkpoints import Checkpoints
 from sparsenet_jax.training.config import TrainConfig
@@ -71,7 +72,7 @@ def evaluate(run: Run, state: steps.TrainState, splits: input_pipeline.Splits) -
     """Mean loss and accuracy (top-1, and top-5 for more than 10 classes) on the test split."""
     totals: dict[str, float] = {}
     for batch in input_pipeline.eval_batches(run.config, splits):
-        sums = run.eval_step(state, steps.global_batch(batch, run.mesh))
+        sums = run.eval_step(state, mesh_lib.global_batch(batch, run.mesh))
         for key, value in jax.device_get(sums).items():
             totals[key] = totals.get(key, 0.0) + float(value)
     count = max(totals.pop("count", 0.0), 1.0)
@@ -92,7 +93,7 @@ class Loop:
         )
         initial = run.init_state()
         restored = self.checkpoints.restore_latest(initial)
-        self.state = initial if restored is None else steps.replicate(restored, run.mesh)
+        self.state = initial if restored is None else mesh_lib.replicate(restored, run.mesh)
         self.first_step = int(self.state.step)
         if restored is not None:
             log.info("resumed from step %d", self.first_step)
@@ -112,7 +113,7 @@ class Loop:
         )
         while True:
             start = time.time()
-            batch = steps.global_batch(next(host), self.run.mesh)
+            batch = mesh_lib.global_batch(next(host), self.run.mesh)
             self.timer.data_s += time.time() - start
             yield batch
 

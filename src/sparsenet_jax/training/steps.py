@@ -1,9 +1,8 @@
-"""Train state, optimizer, and the jitted train and eval steps.
+"""The train state and the pure train and eval steps.
 
-One pure function per step. The train step is jitted once with the state
-donated, the batch sharded over a 1-D ``data`` mesh and the state replicated,
-so the same code runs on one CPU, several devices, GPU, TPU and several hosts;
-XLA inserts the all-reduces (BatchNorm statistics are over the global batch).
+One pure function per step; :mod:`~sparsenet_jax.training.mesh` jits them
+over the devices and :mod:`~sparsenet_jax.training.optim` is the optimiser.
+BatchNorm statistics are over the global batch.
 """
 
 from __future__ import annotations
@@ -14,12 +13,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from sparsenet_jax.model.network import init_variables
+from sparsenet_jax.training import mesh as mesh_lib
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -35,38 +34,6 @@ class TrainState(struct.PyTreeNode):
     params: Any
     batch_stats: Any
     opt_state: optax.OptState
-
-
-def decay_mask(params: Any) -> Any:
-    """True for conv and dense kernels: weight decay applies to them only (not BN, not biases)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) == "kernel", params
-    )
-
-
-def piecewise_lr(
-    base_lr: float, steps_per_epoch: int, boundaries_epochs: Sequence[float], factor: float = 0.1
-) -> optax.Schedule:
-    """``base_lr`` multiplied by ``factor`` at each boundary (in epochs)."""
-    return optax.piecewise_constant_schedule(
-        base_lr, {round(e * steps_per_epoch): factor for e in boundaries_epochs}
-    )
-
-
-def make_optimizer(
-    learning_rate: float | optax.Schedule,
-    momentum: float = 0.9,
-    nesterov: bool = True,
-    weight_decay: float = 1e-4,
-) -> optax.GradientTransformation:
-    """SGD as in the official recipe: L2 on kernels folded into the gradient, then momentum.
-
-    Matches ``torch.optim.SGD(weight_decay=wd)`` restricted to conv/linear weights.
-    """
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=decay_mask),
-        optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov and momentum > 0),
-    )
 
 
 def create_train_state(
@@ -89,7 +56,7 @@ def create_train_state(
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
     )
-    return state if mesh is None else replicate(state, mesh)
+    return state if mesh is None else mesh_lib.replicate(state, mesh)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -177,43 +144,3 @@ def make_eval_step(
         return sums
 
     return eval_step
-
-
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh over all (global) devices, axis ``data``."""
-    devs = np.asarray(jax.devices() if devices is None else devices)
-    return Mesh(devs, ("data",))
-
-
-def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
-    """(replicated, batch-sharded) shardings on ``mesh``."""
-    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-
-
-def jit_train_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
-    """Jit with the state replicated and donated, the batch sharded over ``data``."""
-    replicated, batched = shardings(mesh)
-    return jax.jit(
-        step_fn,
-        in_shardings=(replicated, batched),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
-
-
-def jit_eval_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
-    replicated, batched = shardings(mesh)
-    return jax.jit(step_fn, in_shardings=(replicated, batched), out_shardings=replicated)
-
-
-def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assemble each host's slice of the batch into one global array sharded over ``data``."""
-    _, batched = shardings(mesh)
-    return {
-        k: jax.make_array_from_process_local_data(batched, np.asarray(v)) for k, v in local.items()
-    }
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    replicated, _ = shardings(mesh)
-    return jax.device_put(tree, replicated)
