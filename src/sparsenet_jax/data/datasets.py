@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import difflib
 import importlib.util
 import logging
 import os
@@ -25,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from sparsenet_jax._files import write_atomic
+from sparsenet_jax._text import did_you_mean
 from sparsenet_jax.data import digits
 
 logger = logging.getLogger("sparsenet_jax.data")
@@ -106,9 +107,10 @@ def dataset_info(
     if name in LOCAL_DATASETS:
         return _folder_info(_load_folder(data_dir, image_size))
     if name not in _INFOS:
-        close = difflib.get_close_matches(name, ALL_DATASETS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown dataset {name!r}.{hint} Valid names: {', '.join(ALL_DATASETS)}.")
+        raise ValueError(
+            f"unknown dataset {name!r}{did_you_mean(name, ALL_DATASETS)}. "
+            f"Valid names: {', '.join(ALL_DATASETS)}."
+        )
     info = _INFOS[name]
     if image_size is not None and image_size != info.image_size:
         raise ValueError(
@@ -204,8 +206,10 @@ def load_arrays(
         return images, labels
     images, labels = _read_tfds(info, split, root)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
-    _save_atomic(cache + "-images.npy", images)
-    _save_atomic(cache + "-labels.npy", labels)  # written last: its presence marks a full cache
+    write_atomic(cache + "-images.npy", lambda f: np.save(f, images))
+    write_atomic(
+        cache + "-labels.npy", lambda f: np.save(f, labels)
+    )  # written last: its presence marks a full cache
     return images, labels
 
 
@@ -248,14 +252,6 @@ def resolve_data_dir(data_dir: str | None) -> str:
     return os.path.expanduser(
         data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join("~", "tensorflow_datasets")
     )
-
-
-def _save_atomic(path: str, array: np.ndarray) -> None:
-    # Several processes may share data_dir: write elsewhere, then rename in one step.
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
 
 
 def prepare_hint(name: str, data_dir: str) -> str:

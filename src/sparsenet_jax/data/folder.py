@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from sparsenet_jax._files import write_atomic
 from sparsenet_jax.data import images as images_lib
 from sparsenet_jax.data.images import ConversionNotes, ImageDataError
 
@@ -592,11 +593,11 @@ def _read_cache(cache: str, root: str) -> ImageSet | None:
 def _write_cache(cache: str, image_set: ImageSet) -> None:
     """Write ``cache`` atomically (temporary file, then rename) and drop its stale versions."""
     folder = os.path.dirname(cache)
-    tmp = f"{cache}.tmp-{os.getpid()}-{threading.get_ident()}"
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(
+        write_atomic(
+            cache,
+            lambda f: np.savez(
                 f,
                 classes=np.asarray(image_set.classes, str),
                 train_images=image_set.train_images,
@@ -606,18 +607,13 @@ def _write_cache(cache: str, image_set: ImageSet) -> None:
                 mean=np.asarray(image_set.mean, np.float64),
                 std=np.asarray(image_set.std, np.float64),
                 notes=np.asarray(image_set.notes, str),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, cache)
+            ),
+        )
     except OSError as err:
         logger.warning(
             "%s: could not write the image cache (%s); continuing without it", cache, err
         )
         return
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     prefix = cache.rsplit("-", 1)[0]
     for stale in glob.glob(glob.escape(prefix) + "-*.npz"):
         if stale != cache:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsenet_jax.model.network import SparseNet
+from sparsenet_jax.model.network import SparseNet, abstract_variables
 
 # Flax leaf name → PyTorch parameter/buffer name, per collection.
 _LEAF_NAMES = {
@@ -208,9 +208,7 @@ def _convert(
     """:func:`from_torch_state_dict`, its messages naming ``where``."""
     if input_shape is None:
         input_shape = model.default_input_shape
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32))
-    )
+    shapes = abstract_variables(model, input_shape)
     source = _entries_to_numpy(
         {
             _strip_wrapper_prefix(k): v

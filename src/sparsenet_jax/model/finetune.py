@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sparsenet_jax.model.network import SparseNet
+from sparsenet_jax.model.network import SparseNet, abstract_variables
 from sparsenet_jax.model.presets import create_model
 
 logger = logging.getLogger(__name__)
@@ -107,9 +107,7 @@ def adapt_num_classes(
 
 def _check_same_network(model: SparseNet, variables: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming the leaves (classifier aside) whose shapes differ from ``model``'s."""
-    target = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros(model.default_input_shape))
-    )
+    target = abstract_variables(model)
     check_same_shapes(target, variables, "the model's", ignore=lambda path: path[1] == CLASSIFIER)
 
 

@@ -277,6 +277,18 @@ def init_variables(
     return jax.jit(model.init)(key, jnp.zeros(tuple(input_shape), jnp.float32))
 
 
+def abstract_variables(model: SparseNet, input_shape: Sequence[int] | None = None) -> Any:
+    """``model``'s variables as ``jax.ShapeDtypeStruct`` leaves: shapes only, nothing allocated.
+
+    The one place that traces a network's variables without making them (the
+    parameter count, checkpoint and weight-file checks all use it).
+    """
+    if input_shape is None:
+        input_shape = model.default_input_shape
+    zeros = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), zeros)
+
+
 def count_params(variables: Any) -> int:
     """Number of trainable parameters.
 

@@ -17,10 +17,10 @@ Any DEPTH and K that fit these rules parse; :func:`list_models` lists the named 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from typing import Any
 
+from sparsenet_jax._text import close_matches
 from sparsenet_jax.model.network import SparseNet
 from sparsenet_jax.model.schedule import Schedule
 
@@ -116,7 +116,7 @@ def parse_name(name: str) -> PresetSpec:
         return PresetSpec(
             "cifar-sum", schedule, depth, RESNET_WIDTHS, depth >= RESNET_BOTTLENECK_FROM_DEPTH
         )
-    close = difflib.get_close_matches(key, PAPER_PRESETS, n=3)
+    close = close_matches(key, PAPER_PRESETS, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(
         f"unknown model {name!r}.{hint} Named presets: {', '.join(PAPER_PRESETS)}. "

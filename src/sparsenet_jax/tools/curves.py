@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sparsenet_jax._files import read_jsonl
 from sparsenet_jax.tools.figures import new_figure, output_path, save
 
 METRICS_FILE = "metrics.jsonl"
@@ -21,8 +21,8 @@ def load_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     """The records of ``WORKDIR/metrics.jsonl``, one JSON object per line.
 
     A usable record is an object with a string ``"split"`` and a numeric ``"epoch"``
-    or ``"step"``. Blank lines are ignored; any other line that is not a usable record
-    is skipped with a :class:`UserWarning` naming the file and line.
+    or ``"step"``. Lines are read by :func:`sparsenet_jax._files.read_jsonl`; a record that is not
+    usable is skipped with a :class:`UserWarning` naming the file.
 
     Raises:
       FileNotFoundError: the workdir has no ``metrics.jsonl``.
@@ -31,23 +31,14 @@ def load_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     if not file.is_file():
         raise FileNotFoundError(f"no {METRICS_FILE} in {str(workdir)!r} (looked for {file})")
     records = []
-    with file.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                warnings.warn(f"{file}:{number}: skipped, not JSON ({e.msg})", stacklevel=2)
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get("split"), str):
-                warnings.warn(f"{file}:{number}: skipped, no string 'split'", stacklevel=2)
-                continue
-            if not (_is_number(record.get("epoch")) or _is_number(record.get("step"))):
-                warnings.warn(
-                    f"{file}:{number}: skipped, no numeric 'epoch' or 'step'", stacklevel=2
-                )
-                continue
+    for number, record in enumerate(read_jsonl(file), start=1):
+        if not isinstance(record.get("split"), str):
+            warnings.warn(f"{file}: record {number} skipped, no string 'split'", stacklevel=2)
+        elif not (_is_number(record.get("epoch")) or _is_number(record.get("step"))):
+            warnings.warn(
+                f"{file}: record {number} skipped, no numeric 'epoch' or 'step'", stacklevel=2
+            )
+        else:
             records.append(record)
     return records
 

@@ -32,6 +32,7 @@ import jax
 import jax.export  # jax < 0.8 does not load this submodule with `import jax`
 import jax.numpy as jnp
 
+from sparsenet_jax._files import write_atomic
 from sparsenet_jax.model.network import SparseNet
 from sparsenet_jax.tools.artifact import identity_digest
 
@@ -112,8 +113,8 @@ def export_model(
         "std": extra.get("std"),
     }
     info["identity"] = identity_digest(info)
-    _write_atomic(out, data)
-    _write_atomic(out + ".json", (json.dumps(info, indent=2) + "\n").encode())
+    write_atomic(out, data)
+    write_atomic(out + ".json", json.dumps(info, indent=2) + "\n")
     return ExportResult(out, tuple(exported.platforms), notes)
 
 
@@ -155,29 +156,6 @@ def _check_out(out_path: str | os.PathLike[str]) -> None:
                 f"{path} is a directory: name the artifact's file, e.g. "
                 f"{os.path.join(out, 'model.jax')}"
             )
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data``; nothing is left behind if that fails."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-
-
-# ---------------------------------------------------------------------------
-# From a training workdir
-
-
-class ExportError(RuntimeError):
-    """The workdir cannot be exported; the command line prints it as one line."""
 
 
 def export_workdir(
@@ -229,6 +207,14 @@ def export_workdir(
     return export_model(
         model, variables, out_path, platforms, image_size=info.image_size, metadata=metadata
     )
+
+
+# ---------------------------------------------------------------------------
+# From a training workdir
+
+
+class ExportError(RuntimeError):
+    """The workdir cannot be exported; the command line prints it as one line."""
 
 
 def _read_config(root: pathlib.Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from sparsenet_jax.model.network import SparseNet
+from sparsenet_jax.model.network import SparseNet, abstract_variables, count_params
 from sparsenet_jax.model.presets import PAPER_PRESETS, create_model
 
 
@@ -23,15 +23,8 @@ def count_preset_params(name: str, num_classes: int, exact: bool = True) -> int:
         from sparsenet_jax.model.arithmetic import expected_params
 
         return expected_params(model)
-    import jax
-    import jax.numpy as jnp
 
-    from sparsenet_jax import count_params
-
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros(model.default_input_shape))
-    )
-    return count_params(shapes)
+    return count_params(abstract_variables(model))
 
 
 def preset_table(names: Sequence[str] | None = None, exact: bool = True) -> str:

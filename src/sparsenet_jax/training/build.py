@@ -18,11 +18,12 @@ import optax
 from jax.sharding import Mesh
 
 from sparsenet_jax import data as data_lib
+from sparsenet_jax._text import did_you_mean
 from sparsenet_jax.model.network import SparseNet
 from sparsenet_jax.model.presets import LAYOUT_OVERRIDES, create_model
 from sparsenet_jax.training import mesh as mesh_lib
 from sparsenet_jax.training import optim, steps
-from sparsenet_jax.training.config import RUN_SET_KWARGS, ConfigError, TrainConfig, suggest
+from sparsenet_jax.training.config import RUN_SET_KWARGS, ConfigError, TrainConfig
 from sparsenet_jax.training.errors import TrainingError
 
 
@@ -135,7 +136,7 @@ def check_model(config: TrainConfig) -> None:
             raise ConfigError(f"model_kwargs: {key!r} is not allowed ({RUN_SET_KWARGS[key]})")
         if key not in valid:
             raise ConfigError(
-                f"model_kwargs: unknown key {key!r}{suggest(key, sorted(valid))}; "
+                f"model_kwargs: unknown key {key!r}{did_you_mean(key, sorted(valid))}; "
                 f"valid: {', '.join(sorted(valid))}"
             )
     try:  # builds the (uninitialised) module

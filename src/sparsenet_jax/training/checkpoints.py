@@ -28,9 +28,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sparsenet_jax._files import write_atomic
 from sparsenet_jax.training import steps
 from sparsenet_jax.training.errors import TrainingError
-from sparsenet_jax.training.workdir import write_atomic
 
 
 def warn(message: str) -> None:

@@ -13,15 +13,15 @@ run is built (:func:`sparsenet_jax.training.build.check_model`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import math
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
+from sparsenet_jax._text import did_you_mean
 from sparsenet_jax.data import DATASETS
 
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
@@ -133,11 +133,6 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the field."""
 
 
-def suggest(value: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(value, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def validate(config: TrainConfig) -> TrainConfig:
     """Check types, names and ranges; raise :class:`ConfigError` naming the field."""
     for name, hint in FIELD_TYPES.items():
@@ -147,13 +142,13 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name, choices in (("recipe", tuple(RECIPES)), ("dataset", DATASETS)):
         if (value := getattr(config, name)) not in choices:
             raise ConfigError(
-                f"{name}: unknown {value!r}{suggest(value, choices)}; "
+                f"{name}: unknown {value!r}{did_you_mean(value, choices)}; "
                 f"choose from {', '.join(choices)}"
             )
     if config.dtype not in DTYPES:
         raise ConfigError(
             f"dtype: must be one of float32, bfloat16, got {config.dtype!r}"
-            f"{suggest(config.dtype, DTYPES)}; or auto, the default: bfloat16 on TPU, else float32"
+            f"{did_you_mean(config.dtype, DTYPES)}; or auto, the default: bfloat16 on TPU, else float32"
         )
     for names, ok, text in _RANGES:
         for name in names:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import types
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from sparsenet_jax._text import close_matches
 from sparsenet_jax.training.build import check_model
 from sparsenet_jax.training.config import FIELD_TYPES, RECIPES, ConfigError, TrainConfig, from_dict
 
@@ -88,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
                 s for a in self._actions if a.help != argparse.SUPPRESS for s in a.option_strings
             ]
             typed = words[0].split("=", 1)[0].replace("_", "-")
-            lines += [f"did you mean {m}?" for m in difflib.get_close_matches(typed, shown, n=1)]
+            lines += [f"did you mean {m}?" for m in close_matches(typed, shown)]
         lines[-1] = lines[-1].rstrip(".") + ("; " if len(lines) == 1 else " ") + "see --help"
         self.exit(2, "\n".join(lines) + "\n")
 

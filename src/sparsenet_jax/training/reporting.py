@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from sparsenet_jax.training.workdir import write_atomic
+from sparsenet_jax._files import read_jsonl, write_atomic
 
 Record = dict[str, Any]
 
@@ -87,7 +87,7 @@ class MetricsWriter:
         # Records past the restored checkpoint came from a run that died; the
         # resumed run writes them again. Replaced atomically: a kill here
         # leaves the old file or the new one, never an empty one.
-        kept = [rec for rec in read_records(self.path) if rec.get("step", 0) <= step]
+        kept = [rec for rec in read_jsonl(self.path) if rec.get("step", 0) <= step]
         write_atomic(self.path, "".join(json.dumps(rec) + "\n" for rec in kept))
 
     def write(self, record: Record) -> None:
@@ -112,24 +112,11 @@ class MetricsWriter:
             print(f"warning: TensorBoard events not flushed ({err.strerror})", file=sys.stderr)
 
 
-def read_records(path: pathlib.Path) -> list[Record]:
-    """The records of a ``metrics.jsonl``; a torn last line (a kill mid-write) is skipped."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def best_so_far(path: pathlib.Path) -> tuple[float, int] | None:
     """(best test accuracy, its epoch) among the records of an earlier run, if any."""
     best = None
     if path.exists():
-        for rec in read_records(path):
+        for rec in read_jsonl(path):
             if rec.get("split") == "test" and (best is None or rec["accuracy"] > best[0]):
                 best = (rec["accuracy"], math.ceil(rec["epoch"]))
     return best

@@ -17,22 +17,10 @@ from typing import Any
 
 import jax
 
+from sparsenet_jax._files import write_atomic
 from sparsenet_jax.training import config as config_lib
 from sparsenet_jax.training.config import TrainConfig
 from sparsenet_jax.training.errors import TrainingError
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    """Replace ``path`` with ``text``: a kill at any moment leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class WorkdirLock:
