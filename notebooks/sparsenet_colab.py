@@ -544,9 +544,9 @@ display(Image(filename=str(curves)))
 # ## 10. Checkpoints: list, restore, check
 #
 # The trainer keeps the last `keep_checkpoints` Orbax checkpoints in `WORKDIR/checkpoints`,
-# each with a checksum manifest. `Checkpoints(workdir, keep).restore_latest(template)` restores
-# the newest one that verifies, setting broken ones aside; the template is
-# `build_run(config).init_state()`, the state the trainer starts from. Two checks: the
+# each with a manifest (checksums, and the identity of the run). `Checkpoints(workdir).restore(template)`
+# restores the newest one that verifies, read-only (the trainer alone sets broken ones aside);
+# the template is `build_run(config).abstract_state()`, the state's shapes. Two checks: the
 # restored model evaluated on the test split gives exactly the test metrics the loop logged at
 # that step, and plain Orbax (no template, no sparsenet_jax) reads the same arrays.
 
@@ -557,13 +557,12 @@ from sparsenet_jax.training.checkpoints import Checkpoints
 from sparsenet_jax.training.loop import evaluate
 
 run = build_run(config)
-checkpoints = Checkpoints(pathlib.Path(WORKDIR), config.keep_checkpoints)
-print("checkpoints:", sorted(int(p.name) for p in checkpoints.folder.iterdir() if p.name.isdigit()))
-initial = run.init_state()
-restored = mesh_lib.replicate(checkpoints.restore_latest(initial), run.mesh)
-raw = checkpoints.manager.restore(checkpoints.manager.latest_step())  # plain Orbax: nested dicts
+checkpoints = Checkpoints(pathlib.Path(WORKDIR))
+print("checkpoints:", checkpoints.saved_steps())
+restored, step = checkpoints.restore(run.abstract_state())
+raw = checkpoints.manager.restore(step)  # plain Orbax: nested dicts
 checkpoints.close()
-step = int(restored.step)
+restored = mesh_lib.replicate(restored, run.mesh)
 print(f"restored step {step}; plain Orbax keys: {sorted(raw)}")
 
 # 1. The restored model reproduces the test metrics the loop logged at that step.
@@ -581,7 +580,7 @@ else:
 
 # 2. Plain Orbax reads the same arrays; training moved them away from the initial state.
 same = jax.tree.map(np.array_equal, restored.params, raw["params"])
-moved = jax.tree.map(np.array_equal, restored.params, initial.params)
+moved = jax.tree.map(np.array_equal, restored.params, run.init_state().params)
 assert all(jax.tree.leaves(same)) and not all(jax.tree.leaves(moved))
 print(f"plain Orbax restore: the same {len(jax.tree.leaves(same))} parameter arrays: OK")
 

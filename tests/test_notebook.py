@@ -93,7 +93,7 @@ def test_notebook_calls_the_library_instead_of_rewriting_it():
     code = "\n".join(c.source for c in _read().cells if c.cell_type == "code")
     for text in REIMPLEMENTED:
         assert text not in code, f"the notebook builds {text!r} itself: call the library"
-    for call in ("build_run(config)", "train_and_evaluate(config", "restore_latest(initial)"):
+    for call in ("build_run(config)", "train_and_evaluate(config", "restore(run.abstract_state())"):
         assert call in code
 
 

@@ -33,8 +33,14 @@ import jax.export  # jax < 0.8 does not load this submodule with `import jax`
 import jax.numpy as jnp
 
 from sparsenet_jax._files import write_atomic
+from sparsenet_jax.data import dataset_info
 from sparsenet_jax.model.network import SparseNet
 from sparsenet_jax.tools.artifact import identity_digest
+from sparsenet_jax.training import config as config_lib
+from sparsenet_jax.training import identity
+from sparsenet_jax.training.build import Run, build_run
+from sparsenet_jax.training.checkpoints import Checkpoints
+from sparsenet_jax.training.errors import TrainingError
 
 DEFAULT_PLATFORMS: tuple[str, ...] = ("cpu", "cuda", "tpu")
 PLATFORMS: tuple[str, ...] = ("cpu", "cuda", "rocm", "tpu")  # what jax.export can lower for
@@ -47,6 +53,7 @@ class ExportResult:
     path: str
     platforms: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    step: int | None = None  # the checkpoint exported (from a workdir)
 
 
 def export_model(
@@ -180,33 +187,34 @@ def export_workdir(
     Raises:
       ExportError: no workdir, no config, no readable checkpoint.
     """
-    from sparsenet_jax.data import dataset_info
-    from sparsenet_jax.model.presets import create_model
-
     _check_out(out_path)
-    root = pathlib.Path(workdir)
-    config = _read_config(root)
-    state, restored_step = _restore(root / "checkpoints", step)
-    info = dataset_info(config["dataset"])
-    model = create_model(
-        config["model"],
-        num_classes=info.num_classes,
-        in_channels=info.channels,
-        dtype=jnp.dtype(dtype),
-        **config.get("model_kwargs", {}),
-    )
+    run = _build_from_workdir(pathlib.Path(workdir), dtype)
+    checkpoints = Checkpoints(pathlib.Path(workdir))
+    try:  # the trainer's verified, read-only restore
+        restored = checkpoints.restore(run.abstract_state(), step)
+    except TrainingError as err:
+        raise ExportError(str(err)) from None
+    finally:
+        checkpoints.close()
+    if restored is None:
+        raise ExportError(
+            f"no checkpoint in {checkpoints.folder}: train first, or pass another --workdir"
+        )
+    state, restored_step = restored
+    info = run.info
     metadata = {
-        "model": config["model"],
-        "model_kwargs": config.get("model_kwargs", {}),
+        "model": run.config.model,
+        "model_kwargs": run.config.model_kwargs,
         "dataset": info.name,
         "mean": list(info.mean),
         "std": list(info.std),
         "step": restored_step,
     }
-    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    return export_model(
-        model, variables, out_path, platforms, image_size=info.image_size, metadata=metadata
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    result = export_model(
+        run.model, variables, out_path, platforms, image_size=info.image_size, metadata=metadata
     )
+    return dataclasses.replace(result, step=restored_step)
 
 
 # ---------------------------------------------------------------------------
@@ -217,47 +225,27 @@ class ExportError(RuntimeError):
     """The workdir cannot be exported; the command line prints it as one line."""
 
 
-def _read_config(root: pathlib.Path) -> dict[str, Any]:
+def _build_from_workdir(root: pathlib.Path, dtype: str) -> Run:
+    """The trainer's run of ``root``, built the one way (``build_run``) from its ``config.json``.
+
+    The data's facts (classes, image size, mean and std) are those the run
+    recorded, so exporting needs no access to the data.
+    """
     if not root.is_dir():
         raise ExportError(f"no such workdir: {root}")
-    path = root / "config.json"
     try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ExportError(f"{root} is not a training workdir: it has no config.json") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise ExportError(f"cannot read {path}: {err}") from None
-    missing = [k for k in ("model", "dataset") if k not in config]
-    if missing:
-        raise ExportError(f"{path} lacks {', '.join(missing)}")
-    return dict(config)
-
-
-def _restore(folder: pathlib.Path, step: int | None) -> tuple[dict[str, Any], int]:
-    """The raw tree of the newest checkpoint in ``folder`` that restores (or of ``step``)."""
-    import orbax.checkpoint as ocp
-
-    if not folder.is_dir():
-        raise ExportError(f"no checkpoint in {folder}: train first, or pass another --workdir")
-    manager = ocp.CheckpointManager(
-        folder.absolute(), options=ocp.CheckpointManagerOptions(create=False)
-    )
-    found = sorted(manager.all_steps(), reverse=True)
-    if not found:
-        raise ExportError(f"no checkpoint in {folder}: train first, or pass another --workdir")
-    if step is not None and step not in found:
-        raise ExportError(f"no checkpoint of step {step} in {folder}; there are {sorted(found)}")
-    errors = []
-    for candidate in [step] if step is not None else found:
-        try:
-            tree = manager.restore(candidate, args=ocp.args.StandardRestore())
-        except Exception as err:  # a truncated or corrupt checkpoint: try an older one
-            errors.append(f"step {candidate}: {type(err).__name__}: {str(err)[:200]}")
-            continue
-        if not isinstance(tree, Mapping) or not {"params", "batch_stats"} <= set(tree):
-            raise ExportError(f"checkpoint {candidate} in {folder} holds no params/batch_stats")
-        return dict(tree), int(candidate)
-    raise ExportError(f"no readable checkpoint in {folder} ({'; '.join(errors)})")
+        saved = identity.read_saved(root)
+    except TrainingError as err:
+        raise ExportError(str(err)) from None
+    if saved is None:
+        raise ExportError(f"{root} is not a training workdir: it has no config.json")
+    fields = {k: v for k, v in saved.items() if k != identity.DATA_KEY}
+    try:
+        config = config_lib.from_dict({**fields, "dtype": dtype, "init_from": None})
+        info = identity.recorded_data(root) or dataset_info(config.dataset)
+        return build_run(config, jax.devices("cpu")[:1], info=info)
+    except (config_lib.ConfigError, TrainingError) as err:
+        raise ExportError(f"{root / identity.CONFIG_FILE}: {err}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,7 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ExportError, ImportError, OSError, ValueError, TypeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {result.path} for {', '.join(result.platforms)} (metadata: {result.path}.json)")
+    print(
+        f"wrote {result.path} from step {result.step} for {', '.join(result.platforms)} "
+        f"(metadata: {result.path}.json)"
+    )
     for note in result.notes:
         print(f"note: {note}")
     return 0

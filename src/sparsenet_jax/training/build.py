@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -123,8 +124,11 @@ class Run:
         return sum(leaf.size for leaf in leaves)
 
 
-def check_model(config: TrainConfig) -> None:
+def check_model(config: TrainConfig, info: data_lib.DatasetInfo | None = None) -> None:
     """The name, depth and overrides build a network whose stem fits the dataset's images.
+
+    ``info`` gives the image size; without it the catalogue's is used, and an
+    image folder's is checked later, once its images have been read.
 
     Raises:
       ConfigError: naming the field (``model`` or ``model_kwargs``).
@@ -144,7 +148,9 @@ def check_model(config: TrainConfig) -> None:
     except (ValueError, TypeError) as err:
         field = "model" if not config.model_kwargs else "model/model_kwargs"
         raise ConfigError(f"{field}: {err}") from None
-    size = data_lib.dataset_info(config.dataset).image_size
+    if info is None and config.dataset in data_lib.LOCAL_DATASETS:
+        return  # its image size is known once the data has been read
+    size = (info or data_lib.dataset_info(config.dataset)).image_size
     fits = "imagenet" if size > 64 else "cifar"  # 224×224 ImageNet; 32×32 CIFAR and digits
     if model.stem != fits and "stem" not in config.model_kwargs:  # an explicit stem is a choice
         example = {"imagenet": "sparsenet-121-32", "cifar": "sparsenet-40-24"}[fits]
@@ -154,19 +160,67 @@ def check_model(config: TrainConfig) -> None:
         )
 
 
-def build_run(config: TrainConfig, devices: Sequence[jax.Device] | None = None) -> Run:
+def resolve_loader(config: TrainConfig) -> str:
+    """``auto``: in memory for small datasets; for ImageNet grain if installed, else threads.
+
+    Raises:
+      ConfigError: the loader does not serve the dataset, or grain is missing.
+    """
+    streamed = config.dataset == "imagenet2012"
+    loader = config.loader
+    if loader == "auto":
+        if not streamed:
+            return "memory"
+        return "grain" if importlib.util.find_spec("grain") is not None else "threads"
+    if (loader == "memory") == streamed:
+        raise ConfigError(
+            f"loader: {loader} does not serve {config.dataset}; use "
+            f"{'grain or threads' if streamed else 'memory'} (or auto)"
+        )
+    if loader == "grain" and importlib.util.find_spec("grain") is None:
+        raise ConfigError("loader: grain is not installed (pip install 'sparsenet_jax[grain]')")
+    return loader
+
+
+def resolve(config: TrainConfig, platform: str) -> TrainConfig:
+    """``config`` as it will run on ``platform``: what ``auto`` and the backend chose.
+
+    The compute dtype, the backend's model defaults (shared BatchNorm
+    statistics on TPU) merged under ``--model-kwargs``, and the loader: what
+    ``config.json`` records, so the workdir says how the network ran.
+    """
+    return dataclasses.replace(
+        config,
+        dtype=resolve_dtype(config.dtype, platform),
+        model_kwargs={**backend_defaults(platform), **config.model_kwargs},
+        loader=resolve_loader(config),
+    )
+
+
+def build_run(
+    config: TrainConfig,
+    devices: Sequence[jax.Device] | None = None,
+    info: data_lib.DatasetInfo | None = None,
+) -> Run:
     """Build the run ``config`` describes, on ``devices`` (default: all of them).
 
-    ``devices`` may be compile-only devices (a TPU topology on a machine without
-    one): nothing here allocates or runs anything on them.
+    Args:
+      config: the run; ``Run.config`` is it resolved for the devices (:func:`resolve`).
+      devices: may be compile-only devices (a TPU topology on a machine without
+        one): nothing here allocates or runs anything on them.
+      info: the dataset's facts as read (sizes, classes, statistics); default:
+        the catalogue's (an image folder's are read from its data).
 
     Raises:
       TrainingError: the batch sizes do not fit the devices or the dataset.
+      ConfigError: the network does not fit the data, or the loader the dataset.
     """
-    info = data_lib.dataset_info(config.dataset)
+    if info is None:
+        info = data_lib.dataset_info(config.dataset, config.data_dir, config.image_size)
+    check_model(config, info)
     mesh = mesh_lib.data_mesh(devices)
     platform = mesh.devices.flat[0].platform
-    config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, platform))
+    config = resolve(config, platform)
     steps_per_epoch = _steps_per_epoch(config, info, mesh.size)
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps:
@@ -175,7 +229,6 @@ def build_run(config: TrainConfig, devices: Sequence[jax.Device] | None = None) 
     model_kwargs = {
         "in_channels": info.channels,
         "dtype": config.dtype,
-        **backend_defaults(platform),
         **config.model_kwargs,
     }
     model = create_model(

@@ -1,14 +1,18 @@
-"""Checkpoints in ``workdir/checkpoints``: keep the last K, check them, resume the newest good one.
+"""Checkpoints in ``workdir/checkpoints``: keep the last K, check them, restore the newest good one.
 
-Three guarantees on top of Orbax:
+Guarantees on top of Orbax:
 
 * nothing non-finite is saved: the whole state (parameters, optimizer state,
   BatchNorm statistics) is checked before each save;
-* every finished checkpoint gets a checksum manifest (``checkpoint_checksums/<step>.json``),
-  written once Orbax has committed it, and a restore verifies it, so flipped
-  bytes are caught like a truncated file;
-* one broken folder never hides the good ones: a broken checkpoint is moved
-  to ``checkpoints_unreadable/`` with one warning line, and the next one is tried.
+* every finished checkpoint gets a manifest (``checkpoint_checksums/<step>.json``),
+  written once Orbax has committed it: the sha256 of each of its files, and the
+  identity of the run it belongs to (see :mod:`~sparsenet_jax.training.identity`);
+* :meth:`Checkpoints.restore` is read-only and verifies the manifest, so
+  flipped bytes are caught like a truncated file; the trainer, export and the
+  notebook all restore through it;
+* one broken folder never hides the good ones: :meth:`Checkpoints.resume`
+  (the trainer's, on process 0 only) moves a broken checkpoint to
+  ``checkpoints_unreadable/`` with one warning line, and the next one is tried.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ def non_finite_parts(state: steps.TrainState) -> list[str]:
     return [name for name, ok in jax.device_get(_finite_parts(state)).items() if not ok]
 
 
+def _manifest(identity: dict[str, Any] | None, folder: pathlib.Path) -> str:
+    return json.dumps({"identity": identity, "sha256": _digest(folder)}, indent=0)
+
+
 def _digest(folder: pathlib.Path) -> dict[str, str]:
     """sha256 of every file under ``folder``, by relative path."""
     digests = {}
@@ -85,34 +93,70 @@ def _quiet_orbax() -> Iterator[None]:
 class Checkpoints:
     """Orbax CheckpointManager with checks; see the module docstring."""
 
-    def __init__(self, workdir: pathlib.Path, keep: int) -> None:
+    def __init__(
+        self, workdir: pathlib.Path, keep: int = 3, identity: dict[str, Any] | None = None
+    ) -> None:
+        """Checkpoints of ``workdir``, keeping the newest ``keep``.
+
+        ``identity`` (the run's identity fields) is written into each new
+        checkpoint's manifest; reading needs none.
+        """
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         self.folder = (workdir / "checkpoints").absolute()
         self.sums = workdir.absolute() / "checkpoint_checksums"
         self.quarantine = workdir.absolute() / "checkpoints_unreadable"
-        self.options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        self.abandoned = workdir.absolute() / "checkpoints_abandoned"
+        self.identity = json.loads(json.dumps(identity)) if identity is not None else None
+        self.options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=False)
         self.manager: Any = None
         self.failed = False  # a save failed and was reported
 
-    def _open(self) -> None:
+    def _open(self, create: bool = False) -> None:
         if self.manager is not None:
             self.manager.close()
+        if create:  # only a saving run makes the folder; reading one leaves no trace
+            self.folder.mkdir(parents=True, exist_ok=True)
         with _quiet_orbax():
             self.manager = self._ocp.CheckpointManager(self.folder, options=self.options)
 
     # -- restoring ---------------------------------------------------------
 
+    def _read_manifest(self, step: int) -> dict[str, Any] | None:
+        """``{"identity", "sha256"}`` of ``step``; None when it has none (older, or killed)."""
+        path = self.sums / f"{step}.json"
+        if not path.exists():
+            return None
+        value = json.loads(path.read_text())  # OSError, JSONDecodeError: the caller's to report
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        if "sha256" not in value:  # the older format: only the checksums
+            return {"identity": None, "sha256": value}
+        return value
+
+    def newest_identity(self) -> dict[str, Any] | None:
+        """The identity recorded with the newest checkpoint that recorded one."""
+        for step_dir in self._step_dirs():
+            try:
+                manifest = self._read_manifest(int(step_dir.name))
+            except (OSError, ValueError):
+                continue
+            if manifest and isinstance(manifest.get("identity"), dict):
+                return dict(manifest["identity"])
+        return None
+
     def _problem(self, step_dir: pathlib.Path) -> str | None:
         """Why ``step_dir`` cannot be a good checkpoint, or None if it may be."""
         if not (step_dir / "_CHECKPOINT_METADATA").is_file() or not (step_dir / "default").is_dir():
             return "incomplete: no Orbax metadata"
-        manifest = self.sums / f"{step_dir.name}.json"
-        if manifest.exists():  # absent: saved by an older version, or killed before writing it
-            try:
-                expected = json.loads(manifest.read_text())
-            except (OSError, json.JSONDecodeError):
+        try:
+            manifest = self._read_manifest(int(step_dir.name))
+        except (OSError, ValueError):
+            return "its checksum manifest is unreadable"
+        if manifest is not None:  # absent: saved by an older version, or killed before writing it
+            expected = manifest["sha256"]
+            if not isinstance(expected, dict):
                 return "its checksum manifest is unreadable"
             actual = _digest(step_dir)
             bad = sorted(
@@ -133,46 +177,94 @@ class Checkpoints:
             reverse=True,
         )
 
-    def restore_latest(self, target: steps.TrainState) -> steps.TrainState | None:
-        """The newest checkpoint that verifies and restores; broken ones are moved aside.
+    def saved_steps(self) -> list[int]:
+        """The steps that have a checkpoint folder, newest first."""
+        return [int(d.name) for d in self._step_dirs()]
+
+    def restore(self, target: Any = None, step: int | None = None) -> tuple[Any, int] | None:
+        """The newest checkpoint (or ``step``'s) that verifies and restores; changes nothing.
+
+        Args:
+          target: the state to restore into (its structure, shapes and
+            shardings), e.g. ``run.abstract_state()``; None restores the raw tree.
+          step: restore this step only.
+
+        Returns:
+          ``(state, step)``, or None when there is no checkpoint (and no ``step`` asked).
 
         Raises:
-          TrainingError: checkpoints exist but none is readable (training from
-            step 0 would overwrite them: the user decides).
+          TrainingError: ``step`` has no good checkpoint, or checkpoints exist
+            and none is readable.
         """
-        found = self._step_dirs()
-        problems = {int(d.name): self._problem(d) for d in found}
-        if found and all(problems.values()):
-            for step, why in sorted(problems.items()):
-                warn(f"checkpoint {step} in {self.folder} is unreadable ({why})")
-            raise self._all_unreadable(sorted(problems))
-        for step, why in problems.items():
-            if why:
-                self._set_aside(step, why)
-        self._open()
-        for step in sorted((s for s, why in problems.items() if not why), reverse=True):
-            try:
-                with _quiet_orbax():
-                    args = self._ocp.args.StandardRestore(target)
-                    return self.manager.restore(step, args=args)
-            except Exception as err:  # a corrupt file the manifest did not cover
-                self._set_aside(step, f"{type(err).__name__}: {str(err).splitlines()[0][:160]}")
-                self._open()
-        if found:
-            raise self._all_unreadable(sorted(problems))
-        return None
+        found = self.saved_steps()
+        if step is not None and step not in found:
+            raise TrainingError(
+                f"no checkpoint of step {step} in {self.folder}; there are "
+                f"{', '.join(map(str, sorted(found))) or 'none'}"
+            )
+        problems: dict[int, str] = {}
+        for candidate in [step] if step is not None else found:
+            why = self._problem(self.folder / str(candidate))
+            if why is None:
+                why, state = self._try_restore(candidate, target)
+                if why is None:
+                    return state, candidate
+            problems[candidate] = why
+            warn(f"checkpoint {candidate} in {self.folder} is unreadable ({why})")
+        if not found:
+            return None
+        raise self._all_unreadable(sorted(problems), step)
 
-    def _set_aside(self, step: int, why: str) -> None:
-        self.quarantine.mkdir(parents=True, exist_ok=True)
-        dest = self.quarantine / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    def _try_restore(self, step: int, target: Any) -> tuple[str | None, Any]:
+        """(None, state), or (why it failed, None) for a checkpoint its manifest did not cover."""
+        if self.manager is None:
+            self._open()
+        try:
+            with _quiet_orbax():
+                args = self._ocp.args.StandardRestore(target)
+                return None, self.manager.restore(step, args=args)
+        except Exception as err:
+            first = (str(err).splitlines() or [""])[0][:160]
+            if (self.sums / f"{step}.json").exists():
+                # Its bytes verified: the checkpoint is whole but does not fit the target.
+                raise TrainingError(
+                    f"checkpoint {step} in {self.folder} is intact but does not fit this "
+                    f"run's state ({type(err).__name__}: {first})"
+                ) from None
+            return f"{type(err).__name__}: {first}", None
+
+    def resume(self, target: Any, step: int | None = None) -> tuple[Any, int] | None:
+        """The trainer's restore: broken checkpoints are moved aside first (process 0 only).
+
+        With ``step``, the checkpoints after it are moved to ``checkpoints_abandoned/``
+        so that the run goes on from ``step`` as if they had never been written.
+        """
+        if jax.process_index() == 0:
+            problems = {int(d.name): self._problem(d) for d in self._step_dirs()}
+            if not all(problems.values()):  # all broken: refused below, the user decides
+                for broken, why in problems.items():
+                    if why is not None and broken != step:
+                        self._set_aside(broken, why)
+        restored = self.restore(target, step)
+        if restored is not None and step is not None and jax.process_index() == 0:
+            for later in (s for s in self.saved_steps() if s > step):
+                self._set_aside(later, f"resuming from step {step}", self.abandoned)
+        self._open()  # the manager must see the folder as it is now
+        return restored
+
+    def _set_aside(self, step: int, why: str, into: pathlib.Path | None = None) -> None:
+        into = into or self.quarantine
+        into.mkdir(parents=True, exist_ok=True)
+        dest = into / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         shutil.move(str(self.folder / str(step)), dest)
-        (self.sums / f"{step}.json").unlink(missing_ok=True)
-        warn(
-            f"checkpoint {step} in {self.folder} is unreadable ({why}); "
-            f"moved to {dest}, trying an older one"
-        )
+        manifest = self.sums / f"{step}.json"
+        if manifest.exists():
+            shutil.move(str(manifest), dest.with_name(dest.name + ".manifest.json"))
+        warn(f"checkpoint {step} in {self.folder} set aside ({why}): moved to {dest}")
 
-    def _all_unreadable(self, found: list[int]) -> TrainingError:
+    def _all_unreadable(self, found: list[int], step: int | None = None) -> TrainingError:
+        if step is not None:
+            return TrainingError(f"checkpoint {step} in {self.folder} is unreadable")
         return TrainingError(
             f"every checkpoint in {self.folder} is unreadable "
             f"(steps {', '.join(map(str, found))}); move that folder away "
@@ -190,6 +282,8 @@ class Checkpoints:
                 f"the state at step {step} has non-finite {' and '.join(bad)}; "
                 f"not saved ({self.last_saved_note()}). Lower --lr or check the data."
             )
+        if self.manager is None or not self.folder.is_dir():
+            self._open(create=True)
         self.wait()  # the previous save has had a whole interval to finish
         if step in self.manager.all_steps():
             return
@@ -201,6 +295,8 @@ class Checkpoints:
     def wait(self) -> None:
         """Finish pending writes, then checksum every committed checkpoint lacking a manifest."""
         if self.manager is None:
+            if not self.folder.is_dir():
+                return  # nothing was ever saved
             self._open()
         try:
             self.manager.wait_until_finished()
@@ -217,13 +313,15 @@ class Checkpoints:
             manifest = self.sums / f"{step}.json"
             if not manifest.exists() and (self.folder / step).is_dir():
                 try:
-                    write_atomic(manifest, json.dumps(_digest(self.folder / step), indent=0))
+                    write_atomic(manifest, _manifest(self.identity, self.folder / step))
                 except OSError as err:  # the checkpoint itself is complete; it stays usable
                     warn(f"could not write the checksums of checkpoint {step} ({err.strerror})")
 
     def last_saved_note(self) -> str:
         """Where the run can be resumed from, for error messages."""
         if self.manager is None:
+            if not self.folder.is_dir():
+                return "no checkpoint was saved"
             self._open()
         with contextlib.suppress(Exception):
             self.manager.wait_until_finished()

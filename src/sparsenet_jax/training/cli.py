@@ -17,7 +17,7 @@ import jax
 
 from sparsenet_jax import data as data_lib
 from sparsenet_jax.training import flags
-from sparsenet_jax.training.config import TrainConfig
+from sparsenet_jax.training.config import ConfigError, TrainConfig
 from sparsenet_jax.training.errors import TrainingError
 from sparsenet_jax.training.loop import RunResult, train_and_evaluate
 from sparsenet_jax.training.reporting import duration
@@ -102,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TrainingError, data_lib.DatasetNotFoundError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except ConfigError as err:  # found once the data was read (an image folder's size)
+        field, _, rest = str(err).partition(":")
+        print(f"error: --{field.replace('_', '-')}:{rest}", file=sys.stderr)
+        return 2
     except (StopRequested, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, StopRequested) else int(signal.SIGINT)
         name = signal.Signals(signum).name

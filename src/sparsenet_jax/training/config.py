@@ -22,9 +22,12 @@ from collections.abc import Callable
 from typing import Any
 
 from sparsenet_jax._text import did_you_mean
-from sparsenet_jax.data import DATASETS
+from sparsenet_jax.data import ALL_DATASETS
 
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
+# How batches reach the host: in memory (digits, CIFAR, folders), or ImageNet's grain or
+# thread-pool loader (different shuffles and host splits: part of a run's identity).
+LOADERS: tuple[str, ...] = ("auto", "memory", "grain", "threads")
 # create_model arguments the run sets itself (from the dataset, or --dtype).
 RUN_SET_KWARGS: dict[str, str] = {
     "num_classes": "set by the dataset",
@@ -76,9 +79,17 @@ class TrainConfig:
     )
     dtype: str = _model("auto", "compute dtype: float32, bfloat16, or auto (bfloat16 on TPU)")
     # --- data
-    dataset: str = _data("cifar10", f"one of {', '.join(DATASETS)}")
+    dataset: str = _data("cifar10", f"one of {', '.join(ALL_DATASETS)}")
     data_dir: str | None = _data(
-        None, "tfds data_dir; unset: $TFDS_DATA_DIR or ~/tensorflow_datasets"
+        None,
+        "folder: ROOT with train/ and test/ class folders (or a packed .npz); cifar10/100: "
+        "the official download or tfds data_dir; unset: $TFDS_DATA_DIR or ~/tensorflow_datasets",
+    )
+    image_size: int | None = _data(
+        None, "folder: resize and centre-crop every image to this size (needed if sizes differ)"
+    )
+    loader: str = _data(
+        "auto", "memory (small sets), grain or threads (ImageNet); auto: grain if installed"
     )
     augment_pad: int = _data(4, "zero-pad by this many pixels, crop back at random; 0: off")
     augment_flip: bool = _data(True, "random horizontal flips")
@@ -94,8 +105,14 @@ class TrainConfig:
     nesterov: bool = _optim(True, "Nesterov momentum")
     weight_decay: float = _optim(1e-4, "L2 penalty on the parameters")
     seed: int = _optim(0, "initialisation and data order, below 2**32")
+    init_from: str | None = _optim(
+        None, "fine-tune: start from a workdir, a checkpoint folder or an official .pth file"
+    )
     # --- run
-    workdir: str = _run("runs/default", "checkpoints, metrics, config.json (default: runs/RECIPE)")
+    workdir: str = _run("runs/cifar10", "checkpoints, metrics, config.json (default: runs/RECIPE)")
+    restore_step: int | None = _run(
+        None, "resume from this checkpoint step instead of the newest (later ones are set aside)"
+    )
     log_every_steps: int = _run(50, "log training metrics every N steps")
     eval_every_epochs: int = _run(1, "evaluate on the test split every N epochs")
     checkpoint_every_steps: int = _run(0, "save every N steps; 0: every epoch")
@@ -112,13 +129,14 @@ class TrainConfig:
 # something else (the network, its inputs, its numerics, or the batches a step saw).
 IDENTITY_FIELDS: tuple[str, ...] = (
     *("model", "model_kwargs", "dataset", "dtype"),
-    *("seed", "batch_size", "augment_pad", "augment_flip"),
+    *("seed", "batch_size", "augment_pad", "augment_flip", "image_size", "loader"),
 )
 # (fields, test, what a value must be), in order: a NaN learning rate is "not finite".
 _RANGES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
     (("batch_size", "eval_batch_size", "epochs"), lambda v: v >= 1, ">= 1"),
     (("log_every_steps", "eval_every_epochs", "keep_checkpoints"), lambda v: v >= 1, ">= 1"),
     (("max_steps", "checkpoint_every_steps", "augment_pad", "seed"), lambda v: v >= 0, ">= 0"),
+    (("image_size", "restore_step"), lambda v: v is None or v >= 1, ">= 1"),
     (("seed",), lambda v: v < SEED_LIMIT, "< 2**32"),
     (("lr", "momentum", "weight_decay", "lr_decay"), math.isfinite, "a finite number"),
     (("lr",), lambda v: v > 0, "> 0"),
@@ -139,7 +157,11 @@ def validate(config: TrainConfig) -> TrainConfig:
         if not _matches(value := getattr(config, name), hint):
             shown = hint.__name__ if isinstance(hint, type) else str(hint)
             raise ConfigError(f"{name}: expected {shown.replace('typing.', '')}, got {value!r}")
-    for name, choices in (("recipe", tuple(RECIPES)), ("dataset", DATASETS)):
+    for name, choices in (
+        ("recipe", tuple(RECIPES)),
+        ("dataset", ALL_DATASETS),
+        ("loader", LOADERS),
+    ):
         if (value := getattr(config, name)) not in choices:
             raise ConfigError(
                 f"{name}: unknown {value!r}{did_you_mean(value, choices)}; "

@@ -9,8 +9,8 @@ uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +19,9 @@ import numpy as np
 
 from sparsenet_jax import data as data_lib
 from sparsenet_jax.training.config import TrainConfig
+from sparsenet_jax.training.errors import TrainingError
+
+log = logging.getLogger("sparsenet_jax.training")
 
 Arrays = tuple[np.ndarray, np.ndarray]
 HostBatch = dict[str, np.ndarray]
@@ -33,15 +36,56 @@ class Splits:
     test: Arrays | None
 
 
-def load_splits(config: TrainConfig) -> Splits:
-    info = data_lib.dataset_info(config.dataset)
+def load_splits(config: TrainConfig, recorded: data_lib.DatasetInfo | None = None) -> Splits:
+    """The data of ``config``, with its facts as read from disk (sizes, classes, statistics).
+
+    Args:
+      config: the run.
+      recorded: the facts a workdir recorded when the run started: a resumed run
+        normalises with the recorded mean and std, not with recomputed ones.
+
+    Raises:
+      TrainingError: the data on disk has other classes or channels than the
+        recorded run.
+    """
     if config.dataset == "imagenet2012":
-        return Splits(info, None, None)
-    return Splits(
-        info,
-        data_lib.load_arrays(config.dataset, "train", config.data_dir),
-        data_lib.load_arrays(config.dataset, "test", config.data_dir),
-    )
+        info = _imagenet_info(config)
+        splits = Splits(info, None, None)
+    else:
+        loaded = data_lib.load_dataset(config.dataset, config.data_dir, config.image_size)
+        for note in loaded.notes:
+            log.info("note: %s", note)
+        splits = Splits(loaded.info, loaded.train, loaded.test)
+    if recorded is None:
+        return splits
+    for field in ("num_classes", "channels", "image_size"):
+        if getattr(recorded, field) != getattr(splits.info, field):
+            raise TrainingError(
+                f"the data in {config.data_dir or 'the data dir'} has {field} "
+                f"{getattr(splits.info, field)}, but this workdir's run had "
+                f"{getattr(recorded, field)}; use the same data or a new --workdir"
+            )
+    splits.info = dataclasses.replace(splits.info, mean=recorded.mean, std=recorded.std)
+    return splits
+
+
+def _imagenet_info(config: TrainConfig) -> data_lib.DatasetInfo:
+    """ImageNet's facts, with the sizes of the splits actually on disk."""
+    from sparsenet_jax.data.imagenet import open_imagenet
+
+    info, train = open_imagenet("train", config.data_dir)
+    _, test = open_imagenet("validation", config.data_dir)
+    read = (len(train), len(test))
+    if read != (info.num_train, info.num_test):
+        log.info(
+            "note: imagenet2012 in %s has %d train and %d validation images, where the full "
+            "set has %d and %d; epochs follow the data read",
+            config.data_dir,
+            *read,
+            info.num_train,
+            info.num_test,
+        )
+    return dataclasses.replace(info, num_train=read[0], num_test=read[1])
 
 
 def epoch_batches(
@@ -89,9 +133,10 @@ def imagenet_batches(
 ) -> Iterator[data_lib.Batch]:
     """This host's ImageNet batches of ``epoch`` from batch ``skip`` on, decoded on the host.
 
-    With grain installed (``pip install 'sparsenet_jax[grain]'``) the grain loader
-    jumps straight to batch ``skip``; the thread-pool loader has to decode the
-    skipped batches to get there (same batches either way).
+    ``config.loader`` (resolved by the build step and recorded in the workdir)
+    picks the loader: grain (``pip install 'sparsenet_jax[grain]'``) jumps
+    straight to batch ``skip``; the thread-pool loader has to decode the skipped
+    batches to get there. The two shuffle differently, so a run keeps its loader.
     """
     kwargs: dict[str, Any] = dict(
         data_dir=config.data_dir,
@@ -101,7 +146,7 @@ def imagenet_batches(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    if importlib.util.find_spec("grain") is not None:
+    if config.loader == "grain":
         from sparsenet_jax.data.imagenet_grain import GrainImageNetLoader
 
         yield from GrainImageNetLoader(split, batch_size, skip=skip, **kwargs)

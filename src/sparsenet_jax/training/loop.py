@@ -25,7 +25,8 @@ from typing import Any
 
 import jax
 
-from sparsenet_jax.training import input_pipeline, memory, steps
+from sparsenet_jax.training import config as config_lib
+from sparsenet_jax.training import health, identity, input_pipeline, memory, steps
 from sparsenet_jax.training import mesh as mesh_lib
 from sparsenet_jax.training.build import Run, build_run
 from sparsenet_jax.training.checkpoints import Checkpoints
@@ -40,7 +41,8 @@ from sparsenet_jax.training.reporting import (
     best_so_far,
 )
 from sparsenet_jax.training.signals import StopSignals
-from sparsenet_jax.training.workdir import WorkdirLock, check_config
+from sparsenet_jax.training.start import starting_state
+from sparsenet_jax.training.workdir import WorkdirLock
 
 log = logging.getLogger("sparsenet_jax.train")
 
@@ -85,18 +87,24 @@ def evaluate(run: Run, state: steps.TrainState, splits: input_pipeline.Splits) -
 class Loop:
     """One run's loop and the things it writes to; see :func:`train_and_evaluate`."""
 
-    def __init__(self, run: Run, workdir: pathlib.Path, on_record: Any, stack: Any) -> None:
-        self.run, self.config = run, run.config
-        self.splits = input_pipeline.load_splits(run.config)
+    def __init__(
+        self,
+        run: Run,
+        splits: input_pipeline.Splits,
+        workdir: pathlib.Path,
+        on_record: Any,
+        stack: contextlib.ExitStack,
+    ) -> None:
+        self.run, self.config, self.splits = run, run.config, splits
         self.checkpoints = stack.enter_context(
-            contextlib.closing(Checkpoints(workdir, run.config.keep_checkpoints))
+            contextlib.closing(
+                Checkpoints(workdir, run.config.keep_checkpoints, config_lib.identity(run.config))
+            )
         )
-        initial = run.init_state()
-        restored = self.checkpoints.restore_latest(initial)
-        self.state = initial if restored is None else mesh_lib.replicate(restored, run.mesh)
+        identity.check_identity(workdir, run.config, self.checkpoints.newest_identity())
+        memory.check_fits(run)
+        self.state = starting_state(run, workdir, self.checkpoints)
         self.first_step = int(self.state.step)
-        if restored is not None:
-            log.info("resumed from step %d", self.first_step)
         self.writer = stack.enter_context(
             contextlib.closing(MetricsWriter(workdir, self.first_step, on_record))
         )
@@ -105,6 +113,7 @@ class Loop:
         self.timer = StepTimer()
         self.best = best_so_far(workdir / "metrics.jsonl")
         self.last_test: dict[str, float] = {}
+        self.tested = {r["step"] for r in health.read_records(workdir) if r.get("split") == "test"}
 
     def batches(self) -> Iterator[dict[str, jax.Array]]:
         """Global batches from the resume point on; time spent waiting for them is measured."""
@@ -131,6 +140,7 @@ class Loop:
         elapsed = self.timer.elapsed()
         record = self.timer.summary(step, self.run.steps_per_epoch, self.run.learning_rate)
         if not math.isfinite(record["loss"]):
+            self.writer.write(record)  # the run's own account of its divergence (health.py)
             raise TrainingError(
                 f"the loss became {record['loss']} by step {step}; stopping without saving "
                 f"({self.checkpoints.last_saved_note()}). Lower --lr or check the data."
@@ -144,10 +154,24 @@ class Loop:
         }
         self.progress.update(step, record["epoch"], fields, eta)
 
-    def maybe_evaluate(self, step: int) -> None:
+    def eval_due(self, step: int) -> bool:
         every_epochs = self.config.eval_every_epochs
         due = self.end_of_epoch(step) and (step // self.run.steps_per_epoch) % every_epochs == 0
-        if not (due or step == self.run.total_steps):
+        return due or step == self.run.total_steps
+
+    def catch_up(self) -> None:
+        """Evaluate the resumed state if its step was due a test record and has none.
+
+        A stop on an epoch's last step saves without evaluating; the resumed run
+        evaluates that state first, so no epoch boundary loses its test record.
+        """
+        step = self.first_step
+        if step > 0 and step not in self.tested and self.eval_due(step):
+            log.info("evaluating step %d, which the stopped run had not evaluated", step)
+            self.maybe_evaluate(step)
+
+    def maybe_evaluate(self, step: int) -> None:
+        if not self.eval_due(step):
             return
         self.last_test = evaluate(self.run, self.state, self.splits)
         epoch = step / self.run.steps_per_epoch
@@ -163,6 +187,7 @@ class Loop:
     def train(self, stop: StopSignals) -> tuple[int, str]:
         """Run the remaining steps; return the last step and the signal that stopped it, if any."""
         step, run = self.first_step, self.run
+        self.catch_up()
         remaining = range(self.first_step + 1, run.total_steps + 1)
         # The range comes first: zip stops before drawing a batch past the end.
         for step, batch in zip(remaining, self.batches(), strict=False):
@@ -207,10 +232,10 @@ def train_and_evaluate(
     with WorkdirLock(workdir), contextlib.ExitStack() as stack:
         # Until the first step has finished a signal stops at once: nothing to save.
         stop = stack.enter_context(StopSignals())
-        run = build_run(config)
-        check_config(workdir, run.config)
-        memory.check_fits(run)
-        loop = Loop(run, workdir, on_record, stack)
+        splits = input_pipeline.load_splits(config, identity.recorded_data(workdir))
+        run = build_run(config, info=splits.info)
+        loop = Loop(run, splits, workdir, on_record, stack)
+        identity.record(workdir, run.config, run.info)  # only now: a refused start leaves no trace
         log.info(
             "%s on %s: %s parameters, %d steps (%d a epoch), %s, %d devices, %d hosts",
             run.config.model,
