@@ -248,15 +248,42 @@ def test_new_fields_and_their_defaults():
     assert (config.compilation_cache_dir, config.dtype) == ("none", "bfloat16")
 
 
-def test_identity_fields():
-    assert config_lib.IDENTITY_FIELDS == (
-        *("model", "model_kwargs", "dataset", "dtype"),
-        *("seed", "batch_size", "augment_pad", "augment_flip"),
-    )
-    config = flags.parse_args(["--recipe", "digits", "--seed", "7"])
-    identity = config_lib.identity(config)
-    assert identity["seed"] == 7 and identity["augment_flip"] is False
-    assert set(identity) == set(config_lib.IDENTITY_FIELDS)
+# A changed value for each field: identity fields must be refused on resume, the rest accepted.
+_CHANGED = {
+    "model": "sparsenet-13-6",
+    "model_kwargs": {"dropout_rate": 0.1},
+    "dataset": "cifar10",
+    "dtype": "bfloat16",
+    "seed": 7,
+    "batch_size": 16,
+    "augment_pad": 0,
+    "augment_flip": True,
+    "image_size": 48,
+    "loader": "grain",
+    "epochs": 30,
+    "lr": 0.05,
+    "max_steps": 3,
+    "eval_batch_size": 100,
+    "weight_decay": 5e-4,
+    "log_every_steps": 5,
+}
+
+
+@pytest.mark.parametrize("field", sorted(_CHANGED))
+def test_identity_fields_decide_what_a_resume_may_change(tmp_path, field):
+    """Issue 17: the identity set is tested by what it does, not against a copy of itself."""
+    from sparsenet_jax.training import identity
+    from sparsenet_jax.training.errors import TrainingError
+
+    base = flags.parse_args(["--recipe", "digits", "--workdir", str(tmp_path)])
+    (tmp_path / "config.json").write_text(config_lib.to_json(base))
+    changed = dataclasses.replace(base, **{field: _CHANGED[field]})
+    if field in config_lib.IDENTITY_FIELDS:
+        with pytest.raises(TrainingError, match=f"{field}: workdir has"):
+            identity.check_identity(tmp_path, changed, None)
+    else:
+        identity.check_identity(tmp_path, changed, None)
+    assert {"model", "dataset", "seed", "batch_size", "loader"} <= set(config_lib.IDENTITY_FIELDS)
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,13 @@ while a file is rewritten, a network too big for the machine. Each case runs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -21,27 +23,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparsenet_jax._files import write_atomic
 from sparsenet_jax.training import steps
 from sparsenet_jax.training.checkpoints import Checkpoints
 from sparsenet_jax.training.errors import TrainingError
 from sparsenet_jax.training.signals import StopRequested, StopSignals
-from sparsenet_jax.training.workdir import write_atomic
-from test_faults import (
-    assert_one_clear_error,
-    assert_same_checkpoint,
-    copy_run,
-    error_lines,
-    truncate_files,
-)
 from train_helpers import (
     EVERY,
     STEPS,
+    assert_one_clear_error,
+    assert_same_checkpoint,
     checkpoint_steps,
     cli_env,
+    copy_run,
+    error_lines,
     load_checkpoint,
+    read_metrics,
     run_train,
+    snapshot,
     start_long_run,
     train_cmd,
+    truncate_files,
 )
 
 
@@ -306,3 +308,205 @@ def test_memory_estimate_counts_state_and_activations():
     # At least the stem output of every image of the batch is kept for the backward pass.
     assert need.activation_bytes >= config.batch_size * 32 * 32 * 12 * 4
     assert jax.devices()[0].platform == "cpu" and memory.check_fits(run) is not None
+
+
+# ---------------------------------------------------------------------------
+# 8. Issue 18, round three: what a workdir is, checked before it is trusted
+
+
+def test_a_refused_start_leaves_no_config_json(tmp_path, cache_dir):
+    """Issue 18 item 2: a start refused by the memory check writes no identity."""
+    workdir = tmp_path / "run"
+    huge = run_train(workdir, "--model", "densenet-1000-100", cache_dir=cache_dir)
+    assert_one_clear_error(huge, 1, "memory")
+    assert not (workdir / "config.json").exists()
+    fixed = run_train(workdir, "--max-steps", "2", cache_dir=cache_dir)
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_lost_config_json_still_refuses_another_batch_size(tmp_path, cache_dir, straight):
+    """Issue 18 item 3: the checkpoints carry the identity when config.json is gone."""
+    workdir = copy_run(straight, tmp_path / "run")
+    (workdir / "config.json").unlink()
+    before = snapshot(workdir)
+    result = run_train(workdir, "--max-steps", "10", "--batch-size", "16", cache_dir=cache_dir)
+    assert_one_clear_error(result, 1, "batch_size: workdir has 32, asked 16", "checkpoint")
+    assert snapshot(workdir) == before  # nothing moved, nothing written
+
+
+def test_lost_config_json_resumes_with_the_same_settings_and_is_rewritten(
+    tmp_path, cache_dir, straight
+):
+    """Issue 18 item 3: the same command resumes, and config.json is written again."""
+    workdir = copy_run(straight, tmp_path / "run")
+    (workdir / "config.json").unlink()
+    result = run_train(workdir, "--max-steps", "10", *EVERY, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from step 8" in result.stderr
+    assert json.loads((workdir / "config.json").read_text())["batch_size"] == 32
+
+
+def test_unreadable_config_json_is_refused_and_moves_no_checkpoint(tmp_path, cache_dir, straight):
+    """Issue 18 item 3: `[1,2]` in config.json, then another model: one line, nothing moved."""
+    workdir = copy_run(straight, tmp_path / "run")
+    (workdir / "config.json").write_text("[1, 2]\n")
+    before = snapshot(workdir)
+    result = run_train(workdir, "--model", "sparsenet-13-8", cache_dir=cache_dir)
+    assert_one_clear_error(result, 1, "config.json", "not a configuration")
+    assert snapshot(workdir) == before
+    assert not (workdir / "checkpoints_unreadable").exists()
+
+
+def test_a_resume_with_the_other_imagenet_loader_is_refused(tmp_path):
+    """Issue 17 bug 2: the loader is part of the identity, recorded resolved."""
+    from sparsenet_jax.training import config as config_lib
+    from sparsenet_jax.training import identity
+    from sparsenet_jax.training.build import resolve_loader
+
+    values = {**config_lib.RECIPES["imagenet"], "recipe": "imagenet", "workdir": str(tmp_path)}
+    grain = config_lib.from_dict({**values, "loader": "grain"})
+    threads = config_lib.from_dict({**values, "loader": "threads"})
+    assert resolve_loader(threads) == "threads"
+    (tmp_path / "config.json").write_text(config_lib.to_json(grain))
+    with pytest.raises(TrainingError, match="loader: workdir has 'grain', asked 'threads'"):
+        identity.check_identity(tmp_path, threads, None)
+    digits = config_lib.from_dict({**config_lib.RECIPES["digits"], "workdir": "unused"})
+    assert resolve_loader(digits) == "memory"
+
+
+def test_config_json_records_how_the_network_ran(straight):
+    """Issue 17 bug 3: the resolved dtype, loader and the data's facts are recorded."""
+    saved = json.loads((straight / "config.json").read_text())
+    assert saved["dtype"] == "float32" and saved["loader"] == "memory"
+    assert saved["data"]["num_classes"] == 10 and saved["data"]["mean"] == [0.3058]
+
+
+def test_tpu_defaults_are_recorded_in_the_resolved_config():
+    """Issue 17 bug 3: on TPU bf16 and shared statistics are what config.json records."""
+    from sparsenet_jax.training import config as config_lib
+    from sparsenet_jax.training.build import resolve
+
+    config = config_lib.from_dict({**config_lib.RECIPES["digits"], "workdir": "unused"})
+    on_tpu = resolve(config, "tpu")
+    assert on_tpu.dtype == "bfloat16" and on_tpu.model_kwargs == {"share_stats": True}
+    assert resolve(config, "cpu").model_kwargs == {}
+    chosen = dataclasses.replace(config, model_kwargs={"share_stats": False})
+    assert resolve(chosen, "tpu").model_kwargs == {"share_stats": False}
+
+
+def test_export_uses_the_verified_restore_and_names_the_step(tmp_path, straight):
+    """Issue 18 item 4 / issue 17 bug 4: a flipped byte is caught; the step exported is printed."""
+    pytest.importorskip("flatbuffers")
+    workdir = copy_run(straight, tmp_path / "run")
+    _flip_a_byte_in_the_largest_file(workdir / "checkpoints" / "8")
+    out = tmp_path / "model.jax"
+    result = _export(workdir, out)
+    assert result.returncode == 0, result.stderr
+    assert "from step 6" in result.stdout
+    assert "checkpoint 8" in result.stderr and "checksum" in result.stderr
+    assert json.loads((tmp_path / "model.jax.json").read_text())["step"] == 6
+    assert (workdir / "checkpoints" / "8").is_dir()  # export only reads
+
+
+def test_export_with_every_checkpoint_corrupt_is_one_line(tmp_path, straight):
+    """Issue 18 item 4: one error line, no `Event loop is closed` tracebacks."""
+    pytest.importorskip("flatbuffers")
+    workdir = copy_run(straight, tmp_path / "run")
+    for step in (4, 6, 8):
+        _flip_a_byte_in_the_largest_file(workdir / "checkpoints" / str(step))
+    result = _export(workdir, tmp_path / "model.jax")
+    assert_one_clear_error(result, 1, "every checkpoint", "unreadable")
+    assert "Event loop is closed" not in result.stderr
+    assert len(result.stderr.splitlines()) <= 4, result.stderr  # 3 warnings + the error
+
+
+def _flip_a_byte_in_the_largest_file(folder) -> None:
+    largest = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    largest.write_bytes(bytes(data))
+
+
+def _export(workdir, out) -> subprocess.CompletedProcess:
+    cmd = ["-m", "sparsenet_jax.export", "--workdir", str(workdir), "--out", str(out)]
+    return subprocess.run(
+        [sys.executable, *cmd, "--platforms", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+    )
+
+
+def test_a_missed_epoch_end_evaluation_is_caught_up_on_resume(tmp_path, cache_dir):
+    """Issue 18 item 8: a stop on an epoch's last step saved without evaluating."""
+    workdir = tmp_path / "run"
+    epoch = 1497 // 32  # digits: 46 steps an epoch at batch 32
+    first = run_train(workdir, "--max-steps", str(epoch), cache_dir=cache_dir)
+    assert first.returncode == 0, first.stderr
+    # What a stop at that step leaves: the checkpoint, no test record.
+    metrics = workdir / "metrics.jsonl"
+    kept = [r for r in metrics.read_text().splitlines() if '"split": "test"' not in r]
+    metrics.write_text("".join(r + "\n" for r in kept))
+    again = run_train(workdir, "--max-steps", str(epoch + 2), cache_dir=cache_dir)
+    assert again.returncode == 0, again.stderr
+    tested = [r["step"] for r in read_metrics(workdir) if r["split"] == "test"]
+    assert tested == [epoch, epoch + 2]
+
+
+def test_a_diverged_run_is_not_resumed_from_ruin(tmp_path, cache_dir):
+    """Issue 18 item 12: the reproduction: --lr 1e6 with frequent saves, then a sane lr."""
+    workdir = tmp_path / "run"
+    sane = run_train(
+        workdir, "--max-steps", "4", "--checkpoint-every-steps", "2", cache_dir=cache_dir
+    )
+    assert sane.returncode == 0, sane.stderr
+    ruin = run_train(
+        workdir,
+        "--max-steps",
+        "40",
+        "--lr",
+        "1e6",
+        "--checkpoint-every-steps",
+        "2",
+        "--keep-checkpoints",
+        "20",
+        "--log-every-steps",
+        "1",
+        cache_dir=cache_dir,
+    )  # fmt: skip  (health is judged per logged window: one step each here)
+    assert ruin.returncode == 1, ruin.stderr
+    ruined = [s for s in checkpoint_steps(workdir) if s > 4]
+    assert ruined, "the diverging run saved finite-but-ruined states"
+    refused = run_train(workdir, "--max-steps", "40", "--lr", "0.1", cache_dir=cache_dir)
+    line = assert_one_clear_error(refused, 1, "diverging", "--restore-step 4")
+    assert f"checkpoint {max(ruined)}" in line
+    back = run_train(
+        workdir, "--max-steps", "8", "--lr", "0.1", "--restore-step", "4", cache_dir=cache_dir
+    )
+    assert back.returncode == 0, back.stderr
+    assert "resumed from step 4" in back.stderr
+    assert all(s <= 8 for s in checkpoint_steps(workdir))
+    assert len(list((workdir / "checkpoints_abandoned").iterdir())) >= len(ruined)
+
+
+def test_a_malformed_config_history_line_is_skipped_with_a_warning(tmp_path, cache_dir, straight):
+    """Issue 18, noisy: a bad config_history.jsonl line no longer crashes the resume."""
+    workdir = copy_run(straight, tmp_path / "run")
+    (workdir / "config_history.jsonl").write_text('{"changed": 3}\n[1]\n{"changed": {"lr": 1}}\n')
+    result = run_train(workdir, "--max-steps", "10", *EVERY, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_older_config_json_without_the_loader_still_resumes(tmp_path, cache_dir, straight):
+    """Issue 18, noisy: a field an older version did not record is not demanded."""
+    workdir = copy_run(straight, tmp_path / "run")
+    saved = json.loads((workdir / "config.json").read_text())
+    for key in ("loader", "image_size", "data", "init_from", "restore_step"):
+        saved.pop(key)
+    (workdir / "config.json").write_text(json.dumps(saved))
+    for manifest in (workdir / "checkpoint_checksums").glob("*.json"):
+        manifest.write_text(json.dumps(json.loads(manifest.read_text())["sha256"]))
+    result = run_train(workdir, "--max-steps", "10", *EVERY, cache_dir=cache_dir)
+    assert result.returncode == 0, result.stderr

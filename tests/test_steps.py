@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,3 +142,38 @@ def test_train_step_does_not_retrace_and_eval_counts():
     )
     assert float(out["count"]) == 3.0
     assert 0 <= float(out["correct"]) <= float(out["correct_top5"]) <= 3
+
+
+class _LogitsAreTheImages(nn.Module):
+    """A stand-in network whose logits are its input: eval counts can be worked out by hand."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return x
+
+
+def test_eval_step_counts_on_a_hand_computed_batch():
+    """Issue 17 bug 5: top-1, top-5, loss and count of a padded batch, worked out by hand."""
+    logits = np.array(
+        [
+            [0.0, 1.0, 5.0, 2.0, 0.5, 0.1],  # label 2 is the top logit: top-1 and top-5
+            [3.0, 0.2, 0.1, 4.0, 5.0, 0.3],  # label 0 is third: top-5 only
+            [2.0, 1.0, 3.0, 4.0, 5.0, -1.0],  # label 5 is last of six: neither
+            [9.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # padding (mask 0): right, but must not count
+        ],
+        np.float32,
+    )
+    labels = np.array([2, 0, 5, 0], np.int32)
+    mask = np.array([1, 1, 1, 0], np.float32)
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params={}, batch_stats={}, opt_state=())
+    eval_step = steps.make_eval_step(_LogitsAreTheImages(), top_k=5)
+    sums = jax.device_get(eval_step(state, {"image": logits, "label": labels, "mask": mask}))
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want_loss = -sum(log_softmax[i, labels[i]] for i in range(3))
+    assert float(sums["count"]) == 3.0
+    assert float(sums["correct"]) == 1.0
+    assert float(sums["correct_top5"]) == 2.0
+    np.testing.assert_allclose(float(sums["loss"]), want_loss, rtol=1e-6)
+    # Without a mask every example counts, the padding's right answer included.
+    unmasked = jax.device_get(eval_step(state, {"image": logits, "label": labels}))
+    assert (float(unmasked["count"]), float(unmasked["correct"])) == (4.0, 2.0)

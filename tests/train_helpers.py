@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -95,3 +96,54 @@ def start_long_run(workdir: pathlib.Path, cache_dir=None, *args: str) -> subproc
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[1]
     return proc
+
+
+# Workdir helpers shared by the fault and reliability tests.
+
+TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+def copy_run(source: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
+    shutil.copytree(source, dest)
+    return dest
+
+
+def assert_same_checkpoint(a: pathlib.Path, b: pathlib.Path, step: int) -> None:
+    want, got = load_checkpoint(a, step), load_checkpoint(b, step)
+    assert want.keys() == got.keys()
+    for key in want:
+        np.testing.assert_array_equal(want[key], got[key], err_msg=key)
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+    """Every file under ``folder`` → its bytes (to show that nothing was touched).
+
+    The workdir's ``lock`` is left out: each run writes its own PID there.
+    """
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder) != pathlib.Path("lock")
+    }
+
+
+def truncate_files(folder: pathlib.Path) -> None:
+    """Cut every file to half its length: a copy or a write stopped midway, not garbage."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            os.truncate(path, path.stat().st_size // 2)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_one_clear_error(result: subprocess.CompletedProcess, status: int, *parts: str) -> str:
+    """Exit ``status``, no traceback, exactly one ``error:`` line holding every part."""
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]

@@ -188,8 +188,14 @@ def export_workdir(
       ExportError: no workdir, no config, no readable checkpoint.
     """
     _check_out(out_path)
-    run = _build_from_workdir(pathlib.Path(workdir), dtype)
-    checkpoints = Checkpoints(pathlib.Path(workdir))
+    root = pathlib.Path(workdir)
+    saved = _saved_config(root)
+    checkpoints = Checkpoints(root)
+    if not checkpoints.saved_steps():
+        raise ExportError(
+            f"no checkpoint in {checkpoints.folder}: train first, or pass another --workdir"
+        )
+    run = _build_from_workdir(root, saved, dtype)
     try:  # the trainer's verified, read-only restore
         restored = checkpoints.restore(run.abstract_state(), step)
     except TrainingError as err:
@@ -225,12 +231,8 @@ class ExportError(RuntimeError):
     """The workdir cannot be exported; the command line prints it as one line."""
 
 
-def _build_from_workdir(root: pathlib.Path, dtype: str) -> Run:
-    """The trainer's run of ``root``, built the one way (``build_run``) from its ``config.json``.
-
-    The data's facts (classes, image size, mean and std) are those the run
-    recorded, so exporting needs no access to the data.
-    """
+def _saved_config(root: pathlib.Path) -> dict[str, Any]:
+    """``root/config.json``; ExportError when there is no workdir or no readable config."""
     if not root.is_dir():
         raise ExportError(f"no such workdir: {root}")
     try:
@@ -239,6 +241,15 @@ def _build_from_workdir(root: pathlib.Path, dtype: str) -> Run:
         raise ExportError(str(err)) from None
     if saved is None:
         raise ExportError(f"{root} is not a training workdir: it has no config.json")
+    return saved
+
+
+def _build_from_workdir(root: pathlib.Path, saved: dict[str, Any], dtype: str) -> Run:
+    """The trainer's run of ``root``, built the one way (``build_run``) from its ``config.json``.
+
+    The data's facts (classes, image size, mean and std) are those the run
+    recorded, so exporting needs no access to the data.
+    """
     fields = {k: v for k, v in saved.items() if k != identity.DATA_KEY}
     try:
         config = config_lib.from_dict({**fields, "dtype": dtype, "init_from": None})

@@ -111,6 +111,7 @@ class Checkpoints:
         self.identity = json.loads(json.dumps(identity)) if identity is not None else None
         self.options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=False)
         self.manager: Any = None
+        self.skipped: dict[int, str] = {}  # the last restore's unreadable steps, and why
         self.failed = False  # a save failed and was reported
 
     def _open(self, create: bool = False) -> None:
@@ -181,13 +182,16 @@ class Checkpoints:
         """The steps that have a checkpoint folder, newest first."""
         return [int(d.name) for d in self._step_dirs()]
 
-    def restore(self, target: Any = None, step: int | None = None) -> tuple[Any, int] | None:
+    def restore(
+        self, target: Any = None, step: int | None = None, *, report: bool = True
+    ) -> tuple[Any, int] | None:
         """The newest checkpoint (or ``step``'s) that verifies and restores; changes nothing.
 
         Args:
           target: the state to restore into (its structure, shapes and
             shardings), e.g. ``run.abstract_state()``; None restores the raw tree.
           step: restore this step only.
+          report: one warning line for each unreadable checkpoint passed over.
 
         Returns:
           ``(state, step)``, or None when there is no checkpoint (and no ``step`` asked).
@@ -203,6 +207,7 @@ class Checkpoints:
                 f"{', '.join(map(str, sorted(found))) or 'none'}"
             )
         problems: dict[int, str] = {}
+        self.skipped = problems  # what resume() sets aside
         for candidate in [step] if step is not None else found:
             why = self._problem(self.folder / str(candidate))
             if why is None:
@@ -210,7 +215,8 @@ class Checkpoints:
                 if why is None:
                     return state, candidate
             problems[candidate] = why
-            warn(f"checkpoint {candidate} in {self.folder} is unreadable ({why})")
+            if report:
+                warn(f"checkpoint {candidate} in {self.folder} is unreadable ({why})")
         if not found:
             return None
         raise self._all_unreadable(sorted(problems), step)
@@ -239,16 +245,18 @@ class Checkpoints:
         With ``step``, the checkpoints after it are moved to ``checkpoints_abandoned/``
         so that the run goes on from ``step`` as if they had never been written.
         """
+        try:
+            restored = self.restore(target, step, report=False)
+        except TrainingError:
+            for broken, why in sorted(self.skipped.items()):  # all broken: the user decides
+                warn(f"checkpoint {broken} in {self.folder} is unreadable ({why})")
+            raise
         if jax.process_index() == 0:
-            problems = {int(d.name): self._problem(d) for d in self._step_dirs()}
-            if not all(problems.values()):  # all broken: refused below, the user decides
-                for broken, why in problems.items():
-                    if why is not None and broken != step:
-                        self._set_aside(broken, why)
-        restored = self.restore(target, step)
-        if restored is not None and step is not None and jax.process_index() == 0:
-            for later in (s for s in self.saved_steps() if s > step):
-                self._set_aside(later, f"resuming from step {step}", self.abandoned)
+            for broken, why in self.skipped.items():
+                self._set_aside(broken, why)
+            if restored is not None and step is not None:
+                for later in (s for s in self.saved_steps() if s > step):
+                    self._set_aside(later, f"resuming from step {step}", self.abandoned)
         self._open()  # the manager must see the folder as it is now
         return restored
 
@@ -260,7 +268,10 @@ class Checkpoints:
         manifest = self.sums / f"{step}.json"
         if manifest.exists():
             shutil.move(str(manifest), dest.with_name(dest.name + ".manifest.json"))
-        warn(f"checkpoint {step} in {self.folder} set aside ({why}): moved to {dest}")
+        if into == self.quarantine:
+            warn(f"checkpoint {step} in {self.folder} is unreadable ({why}); moved to {dest}")
+        else:
+            warn(f"checkpoint {step} in {self.folder} set aside ({why}): moved to {dest}")
 
     def _all_unreadable(self, found: list[int], step: int | None = None) -> TrainingError:
         if step is not None:

@@ -28,7 +28,7 @@ import jax
 from sparsenet_jax.training import config as config_lib
 from sparsenet_jax.training import health, identity, input_pipeline, memory, steps
 from sparsenet_jax.training import mesh as mesh_lib
-from sparsenet_jax.training.build import Run, build_run
+from sparsenet_jax.training.build import Run, build_run, resolve
 from sparsenet_jax.training.checkpoints import Checkpoints
 from sparsenet_jax.training.config import TrainConfig
 from sparsenet_jax.training.errors import TrainingError
@@ -92,17 +92,12 @@ class Loop:
         run: Run,
         splits: input_pipeline.Splits,
         workdir: pathlib.Path,
+        checkpoints: Checkpoints,
         on_record: Any,
         stack: contextlib.ExitStack,
     ) -> None:
         self.run, self.config, self.splits = run, run.config, splits
-        self.checkpoints = stack.enter_context(
-            contextlib.closing(
-                Checkpoints(workdir, run.config.keep_checkpoints, config_lib.identity(run.config))
-            )
-        )
-        identity.check_identity(workdir, run.config, self.checkpoints.newest_identity())
-        memory.check_fits(run)
+        self.checkpoints = checkpoints
         self.state = starting_state(run, workdir, self.checkpoints)
         self.first_step = int(self.state.step)
         self.writer = stack.enter_context(
@@ -232,9 +227,18 @@ def train_and_evaluate(
     with WorkdirLock(workdir), contextlib.ExitStack() as stack:
         # Until the first step has finished a signal stops at once: nothing to save.
         stop = stack.enter_context(StopSignals())
+        # Cheap checks first: the workdir's identity before the data is read.
+        resolved = resolve(config, jax.devices()[0].platform)
+        checkpoints = stack.enter_context(
+            contextlib.closing(
+                Checkpoints(workdir, config.keep_checkpoints, config_lib.identity(resolved))
+            )
+        )
+        identity.check_identity(workdir, resolved, checkpoints.newest_identity())
         splits = input_pipeline.load_splits(config, identity.recorded_data(workdir))
         run = build_run(config, info=splits.info)
-        loop = Loop(run, splits, workdir, on_record, stack)
+        memory.check_fits(run)
+        loop = Loop(run, splits, workdir, checkpoints, on_record, stack)
         identity.record(workdir, run.config, run.info)  # only now: a refused start leaves no trace
         log.info(
             "%s on %s: %s parameters, %d steps (%d a epoch), %s, %d devices, %d hosts",
