@@ -510,3 +510,23 @@ def test_an_older_config_json_without_the_loader_still_resumes(tmp_path, cache_d
         manifest.write_text(json.dumps(json.loads(manifest.read_text())["sha256"]))
     result = run_train(workdir, "--max-steps", "10", *EVERY, cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr
+
+
+def test_epochs_follow_the_data_on_disk_not_the_catalogue(tmp_path, cache_dir):
+    """Issue 18 item 9: a CIFAR cache of 640 images makes 20-step epochs, said in one line."""
+    cache = tmp_path / "tfds" / "sparsenet_jax_cache"
+    cache.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 640), ("test", 100)):
+        np.save(
+            cache / f"cifar10-{split}-images.npy",
+            rng.integers(0, 256, (count, 32, 32, 3), np.uint8),
+        )
+        np.save(cache / f"cifar10-{split}-labels.npy", rng.integers(0, 10, count).astype(np.int32))
+    result = run_train(
+        tmp_path / "run", "--recipe", "cifar10", "--model", "sparsenet-13-6", "--max-steps", "2",
+        "--eval-batch-size", "100", "--data-dir", str(tmp_path / "tfds"), cache_dir=cache_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "2 steps (20 a epoch)" in result.stderr
+    assert "read 640 train and 100 test images" in result.stderr
