@@ -52,9 +52,9 @@ def load_splits(config: TrainConfig, recorded: data_lib.DatasetInfo | None = Non
         info = _imagenet_info(config)
         splits = Splits(info, None, None)
     else:
+        # Its notes (sizes unlike the catalogue's, images converted to RGB) are logged
+        # by the data package, once.
         loaded = data_lib.load_dataset(config.dataset, config.data_dir, config.image_size)
-        for note in loaded.notes:
-            log.info("note: %s", note)
         splits = Splits(loaded.info, loaded.train, loaded.test)
     if recorded is None:
         return splits
