@@ -27,6 +27,7 @@ import numpy as np
 from sparsenet_jax._files import write_atomic
 from sparsenet_jax._text import did_you_mean
 from sparsenet_jax.data import digits
+from sparsenet_jax.data.errors import DatasetNotFoundError
 
 logger = logging.getLogger("sparsenet_jax.data")
 
@@ -71,14 +72,6 @@ DATASETS: tuple[str, ...] = tuple(_INFOS)  # the catalogued datasets, facts know
 LOCAL_DATASETS: tuple[str, ...] = ("folder",)
 ALL_DATASETS: tuple[str, ...] = (*DATASETS, *LOCAL_DATASETS)  # what --dataset accepts
 IN_MEMORY: tuple[str, ...] = ("digits", "cifar10", "cifar100", "folder")  # what load_arrays serves
-
-
-class DatasetNotFoundError(RuntimeError):
-    """The dataset has not been prepared in ``data_dir``; the message says how to prepare it.
-
-    Also the base of ``images.ImageDataError``: local image data that cannot be read as
-    given. Either way the message is one line naming the file or folder at fault.
-    """
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sparsenet_jax.data.datasets import DatasetNotFoundError
+from sparsenet_jax.data.errors import DatasetNotFoundError
 
 if TYPE_CHECKING:
     from PIL import Image
