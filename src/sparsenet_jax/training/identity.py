@@ -178,10 +178,8 @@ def record(workdir: pathlib.Path, config: TrainConfig, info: DatasetInfo) -> Non
     mine = json.loads(config_lib.to_json(config))
     saved = read_saved(workdir)
     if saved is None:
-        write_atomic(
-            workdir / CONFIG_FILE,
-            json.dumps({**mine, DATA_KEY: data_record(info)}, indent=2, sort_keys=True) + "\n",
-        )
+        first = {**mine, DATA_KEY: data_record(info)}
+        write_atomic(workdir / CONFIG_FILE, json.dumps(first, indent=2, sort_keys=True) + "\n")
         return
     _record_changes(workdir, _effective(workdir, saved), mine)
 
