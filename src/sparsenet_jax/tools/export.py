@@ -252,7 +252,9 @@ def _build_from_workdir(root: pathlib.Path, saved: dict[str, Any], dtype: str) -
     """
     fields = {k: v for k, v in saved.items() if k != identity.DATA_KEY}
     try:
-        config = config_lib.from_dict({**fields, "dtype": dtype, "init_from": None})
+        # What only training needs (the loader, where it started from) is not checked here.
+        overrides = {"dtype": dtype, "init_from": None, "loader": "auto", "restore_step": None}
+        config = config_lib.from_dict({**fields, **overrides})
         info = identity.recorded_data(root) or dataset_info(config.dataset)
         return build_run(config, jax.devices("cpu")[:1], info=info)
     except (config_lib.ConfigError, TrainingError) as err:
