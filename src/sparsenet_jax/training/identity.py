@@ -11,6 +11,7 @@ is about to run: a refused start leaves no trace.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -50,33 +51,15 @@ _BEFORE_RECORDED: dict[str, Any] = {"loader": None, "image_size": None}
 
 
 def data_record(info: DatasetInfo) -> dict[str, Any]:
-    """The dataset's facts as ``config.json`` records them."""
-    return {
-        "name": info.name,
-        "num_classes": info.num_classes,
-        "image_size": info.image_size,
-        "channels": info.channels,
-        "num_train": info.num_train,
-        "num_test": info.num_test,
-        "mean": list(info.mean),
-        "std": list(info.std),
-        "classes": list(info.classes),
-    }
+    """The dataset's facts as ``config.json`` records them (tuples as lists)."""
+    return dict(json.loads(json.dumps(dataclasses.asdict(info))))
 
 
 def info_from_record(record: dict[str, Any]) -> DatasetInfo:
     """The :class:`DatasetInfo` a workdir recorded (a resumed or exported run uses it)."""
-    return DatasetInfo(
-        name=record["name"],
-        num_classes=int(record["num_classes"]),
-        image_size=int(record["image_size"]),
-        channels=int(record["channels"]),
-        num_train=int(record["num_train"]),
-        num_test=int(record["num_test"]),
-        mean=tuple(float(v) for v in record["mean"]),
-        std=tuple(float(v) for v in record["std"]),
-        classes=tuple(record.get("classes", ())),
-    )
+    fields = {f.name for f in dataclasses.fields(DatasetInfo)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in fields}
+    return DatasetInfo(**values)
 
 
 def read_saved(workdir: pathlib.Path) -> dict[str, Any] | None:
