@@ -58,7 +58,9 @@ def data_record(info: DatasetInfo) -> dict[str, Any]:
 def info_from_record(record: dict[str, Any]) -> DatasetInfo:
     """The :class:`DatasetInfo` a workdir recorded (a resumed or exported run uses it)."""
     fields = {f.name for f in dataclasses.fields(DatasetInfo)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in fields}
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in fields
+    }
     return DatasetInfo(**values)
 
 
