@@ -36,7 +36,7 @@ import jax
 
 from sparsenet_jax.tools import tpu_chips
 from sparsenet_jax.tools.tpu_chips import GiB, Topology
-from sparsenet_jax.training import flags
+from sparsenet_jax.training import flags, memory
 from sparsenet_jax.training.build import Run, build_run
 from sparsenet_jax.training.config import TrainConfig
 from sparsenet_jax.training.errors import TrainingError
@@ -275,6 +275,13 @@ def check(config: TrainConfig, topology: Topology) -> dict[str, Any]:
       TrainingError: libtpu missing, or the run cannot be built for the topology.
       DoesNotFit: the compiler could not fit a step in HBM.
     """
+    # First the O(blocks) arithmetic: a huge network is refused before libtpu starts.
+    memory.check_size(
+        config,
+        devices=topology.num_chips,
+        capacity=topology.chip.hbm_bytes,
+        where=f"a TPU {topology.chip.name} chip's HBM",
+    )
     run = build_run(config, devices=topology_devices(topology))
     state = run.abstract_state()
     try:

@@ -186,6 +186,7 @@ def export_workdir(
     _check_out(out_path)
     root = pathlib.Path(workdir)
     config = _read_config(root)
+    _check_size(config)
     state, restored_step = _restore(root / "checkpoints", step)
     info = dataset_info(config["dataset"])
     model = create_model(
@@ -231,6 +232,32 @@ def _read_config(root: pathlib.Path) -> dict[str, Any]:
     if missing:
         raise ExportError(f"{path} lacks {', '.join(missing)}")
     return dict(config)
+
+
+def _check_size(config: Mapping[str, Any]) -> None:
+    """Refuse, before anything is restored or traced, weights that cannot fit this machine.
+
+    The O(blocks) arithmetic of :func:`sparsenet_jax.training.memory.check_size`
+    (issue 18 item 1): a ``config.json`` naming a billion-layer network is
+    refused in one line.
+    """
+    from sparsenet_jax.training import memory
+    from sparsenet_jax.training.config import TrainConfig
+    from sparsenet_jax.training.errors import TrainingError
+
+    try:
+        memory.check_size(
+            TrainConfig(
+                model=config["model"],
+                dataset=config["dataset"],
+                model_kwargs=dict(config.get("model_kwargs") or {}),
+                batch_size=1,
+            ),
+            devices=1,
+            train=False,
+        )
+    except TrainingError as err:
+        raise ExportError(str(err)) from None
 
 
 def _restore(folder: pathlib.Path, step: int | None) -> tuple[dict[str, Any], int]:
