@@ -20,26 +20,25 @@ libtpu missing or the run cannot be built (one ``error:`` line), 2 a bad command
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib.util
 import json
 import os
 import re
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 
 from sparsenet_jax.tools import tpu_chips
 from sparsenet_jax.tools.tpu_chips import GiB, Topology
-from sparsenet_jax.training import flags, memory
+from sparsenet_jax.training import flags, memory, signals
 from sparsenet_jax.training.build import Run, build_run
 from sparsenet_jax.training.config import TrainConfig
 from sparsenet_jax.training.errors import TrainingError
+from sparsenet_jax.training.platforms import quiet_stderr, setup_platforms
 
 PROG = "python -m sparsenet_jax.aot"
 DEFAULT_TOPOLOGY = "v5e:1x1"
@@ -89,24 +88,6 @@ def libtpu_available() -> bool:
     return importlib.util.find_spec("libtpu") is not None
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Hide what libtpu writes to file descriptor 2 while it starts.
-
-    Without a TPU it warns that TPU_WORKER_HOSTNAMES and TPU_ACCELERATOR_TYPE are
-    unset: harmless when only compiling, and it would bury the report.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def topology_devices(topology: Topology) -> list[jax.Device]:
     """libtpu's compile-only devices for ``topology`` (nothing runs on them).
 
@@ -123,7 +104,7 @@ def topology_devices(topology: Topology) -> list[jax.Device]:
     # One chip needs its host bounds spelled out; a larger slice's name says them.
     single = {"chips_per_host_bounds": (1, 1, 1), "wrap": (False, False, False)}
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             desc = topologies.get_topology_desc(
                 topology_name=topology.name,
                 platform="tpu",
@@ -282,11 +263,17 @@ def check(config: TrainConfig, topology: Topology) -> dict[str, Any]:
         capacity=topology.chip.hbm_bytes,
         where=f"a TPU {topology.chip.name} chip's HBM",
     )
-    run = build_run(config, devices=topology_devices(topology))
-    state = run.abstract_state()
-    try:
+    devices = topology_devices(topology)
+    signals.reclaim()  # libtpu's crash handler would print a stack for SIGTERM
+    run = build_run(config, devices=devices)
+
+    def compile_both() -> tuple[StepCost, StepCost]:
+        state = run.abstract_state()
         train = compile_step(run.train_step, state, run.abstract_batch(True))
-        eval_ = compile_step(run.eval_step, state, run.abstract_batch(False))
+        return train, compile_step(run.eval_step, state, run.abstract_batch(False))
+
+    try:
+        train, eval_ = signals.interruptible(compile_both)
     except DoesNotFit as err:  # the compiler speaks of one device: say it of the chip
         cores = devices_per_chip(run, topology)
         raise DoesNotFit(cores * err.need_bytes, cores * err.capacity_bytes) from None
@@ -318,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Compile times are the point: a cached program would report none.
     jax.config.update("jax_enable_compilation_cache", False)
     try:
-        result = check(config, topology)
+        with signals.ExitOnSignal("the TPU check: nothing was written"):
+            setup_platforms()
+            result = check(config, topology)
     except DoesNotFit as err:
         message = tpu_chips.not_fit_message(err.need_bytes, err.capacity_bytes, topology.chip)
         print(message, file=sys.stderr)
