@@ -13,6 +13,10 @@ train step's per-chip program does, and the roofline images/s on that chip
 a compile-only device of each of a v4 chip's two TensorCores, and their
 programs are added up.
 
+This module finds the devices, compiles and runs the command line; reading the
+compiler's answers, building the report and rendering it is
+:mod:`sparsenet_jax.tools.aot_report`'s job.
+
 Exit codes: 0 fits, 1 does not fit (one line: "needs X GiB of the chip's Y"),
 libtpu missing or the run cannot be built (one ``error:`` line), 2 a bad command line.
 """
@@ -20,11 +24,9 @@ libtpu missing or the run cannot be built (one ``error:`` line), 2 a bad command
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,9 +35,17 @@ from typing import Any
 import jax
 
 from sparsenet_jax.tools import tpu_chips
-from sparsenet_jax.tools.tpu_chips import GiB, Topology
+from sparsenet_jax.tools.aot_report import (
+    DoesNotFit,
+    StepCost,
+    devices_per_chip,
+    parse_out_of_memory,
+    report,
+    text,
+)
+from sparsenet_jax.tools.tpu_chips import Topology
 from sparsenet_jax.training import flags, memory, signals
-from sparsenet_jax.training.build import Run, build_run
+from sparsenet_jax.training.build import build_run
 from sparsenet_jax.training.config import TrainConfig
 from sparsenet_jax.training.errors import TrainingError
 from sparsenet_jax.training.platforms import quiet_stderr, setup_platforms
@@ -46,42 +56,6 @@ INSTALL_HINT = (
     "compiling for TPU needs libtpu: pip install 'sparsenet_jax[tpu]' "
     f"(jax[tpu] pinned to the tested jax, {jax.__version__})"
 )
-# The TPU compiler refuses a program larger than HBM, in one of two wordings (libtpu
-# 0.0.42): "... HLO temporaries (28.98G) exceeds available HBM (15.75G)" or
-# "Used 20.31G of 15.75G hbm". G is GiB.
-_OOM_RES = (
-    re.compile(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"),
-    re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm"),
-)
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": GiB, "T": 1024**4}
-
-
-class DoesNotFit(Exception):
-    """The compiler could not place the step in the chip's HBM."""
-
-    def __init__(self, need_bytes: int, capacity_bytes: int) -> None:
-        super().__init__(f"needs {need_bytes} of {capacity_bytes} bytes")
-        self.need_bytes, self.capacity_bytes = need_bytes, capacity_bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class StepCost:
-    """What compiling one step took and what the compiler says it needs, per chip."""
-
-    trace_s: float  # tracing and lowering to StableHLO
-    compile_s: float  # the TPU compiler, wall clock
-    compile_cpu_s: float  # its CPU time, all threads: less swayed by other jobs on the machine
-    argument_bytes: int
-    output_bytes: int
-    alias_bytes: int  # outputs written over donated arguments
-    temp_bytes: int
-    code_bytes: int
-    flops: float
-    bytes_accessed: float
-
-    @property
-    def hbm_bytes(self) -> int:
-        return self.argument_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
 
 
 def libtpu_available() -> bool:
@@ -128,11 +102,10 @@ def compile_step(step: Callable[..., Any], *args: Any) -> StepCost:
     try:
         compiled = lowered.compile()
     except Exception as err:  # XlaRuntimeError: RESOURCE_EXHAUSTED
-        match = next((m for r in _OOM_RES if (m := r.search(str(err)))), None)
-        if match is None:
+        out_of_memory = parse_out_of_memory(str(err))
+        if out_of_memory is None:
             raise
-        need, capacity = (float(match[i]) * _UNITS[match[i + 1]] for i in (1, 3))
-        raise DoesNotFit(int(need), int(capacity)) from None
+        raise DoesNotFit(*out_of_memory) from None
     done, cpu = time.perf_counter(), time.process_time() - cpu
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -148,104 +121,6 @@ def compile_step(step: Callable[..., Any], *args: Any) -> StepCost:
         code_bytes=int(memory.generated_code_size_in_bytes),
         flops=float(cost.get("flops", 0.0)),
         bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-    )
-
-
-def report(run: Run, topology: Topology, train: StepCost, eval_: StepCost) -> dict[str, Any]:
-    """The JSON report of one check (``--json`` prints it)."""
-    chip = topology.chip
-    batch = run.config.batch_size
-    cores = devices_per_chip(run, topology)
-    hbm = cores * max(train.hbm_bytes, eval_.hbm_bytes)
-    flops, bytes_accessed = cores * train.flops, cores * train.bytes_accessed
-    line = tpu_chips.roofline(flops, bytes_accessed, batch, chip)
-    return {
-        "model": run.config.model,
-        "dataset": run.config.dataset,
-        "num_classes": run.info.num_classes,
-        "num_params": run.num_params,
-        "model_kwargs": run.model_kwargs,
-        "dtype": run.config.dtype,
-        "batch_size": batch,
-        "eval_batch_size": run.config.eval_batch_size,
-        "topology": topology.name,
-        "chip": chip.name,
-        "num_chips": topology.num_chips,
-        "devices_per_chip": cores,
-        "train_trace_s": round(train.trace_s, 2),
-        "train_compile_s": round(train.compile_s, 2),
-        "train_compile_cpu_s": round(train.compile_cpu_s, 2),
-        "eval_trace_s": round(eval_.trace_s, 2),
-        "eval_compile_s": round(eval_.compile_s, 2),
-        "eval_compile_cpu_s": round(eval_.compile_cpu_s, 2),
-        "hbm_bytes": hbm,
-        "hbm_capacity_bytes": chip.hbm_bytes,
-        "fits": hbm <= chip.hbm_bytes,
-        "train_memory": _memory(train),
-        "eval_memory": _memory(eval_),
-        "flops_per_step": flops,
-        "bytes_accessed_per_step": bytes_accessed,
-        "bytes_accessed_per_image": bytes_accessed * topology.num_chips / batch,
-        "peak_flops": chip.peak_flops,
-        "hbm_bandwidth": chip.hbm_bandwidth,
-        "peaks_source": chip.source,
-        "peak_assumption": "float32 rated at the bf16 peak (JAX's default TPU precision: "
-        "one bf16 pass, float32 accumulation)",
-        "roofline_images_per_s": round(line.images_per_s, 1),
-        "roofline_bound": line.bound,
-        "roofline_compute_ms": 1e3 * line.compute_s,
-        "roofline_memory_ms": 1e3 * line.memory_s,
-    }
-
-
-def devices_per_chip(run: Run, topology: Topology) -> int:
-    """Compile-only devices a chip has: 2 on v4 (one a TensorCore), else 1."""
-    return max(1, run.mesh.size // topology.num_chips)
-
-
-def _memory(cost: StepCost) -> dict[str, int]:
-    return {
-        "argument_bytes": cost.argument_bytes,
-        "output_bytes": cost.output_bytes,
-        "alias_bytes": cost.alias_bytes,
-        "temp_bytes": cost.temp_bytes,
-        "code_bytes": cost.code_bytes,
-    }
-
-
-def _size(num_bytes: float) -> str:
-    return f"{num_bytes / GiB:.2f} GiB" if num_bytes >= GiB / 2 else f"{num_bytes / 2**20:.0f} MiB"
-
-
-def text(result: dict[str, Any]) -> str:
-    """The human-readable report."""
-    train, eval_ = result["train_memory"], result["eval_memory"]
-    chips = result["num_chips"]
-    per_chip = " per chip" if chips > 1 else ""
-    assumption = f"; {result['peak_assumption']}" if result["dtype"] == "float32" else ""
-    return "\n".join(
-        [
-            f"{result['model']} on {result['dataset']}, {result['dtype']}, batch "
-            f"{result['batch_size']} (eval {result['eval_batch_size']}), TPU {result['topology']} "
-            f"({chips} chip{'s' if chips > 1 else ''}), {result['num_params']:,} parameters",
-            f"compile on this machine: train step {result['train_compile_s']:.1f} s "
-            f"(+{result['train_trace_s']:.1f} s tracing), eval step "
-            f"{result['eval_compile_s']:.1f} s (+{result['eval_trace_s']:.1f} s tracing)",
-            f"HBM{per_chip}: {_size(result['hbm_bytes'])} of the chip's "
-            f"{_size(result['hbm_capacity_bytes'])} (train step: arguments "
-            f"{_size(train['argument_bytes'])}, temporaries {_size(train['temp_bytes'])}, "
-            f"outputs {_size(train['output_bytes'])}, donated {_size(train['alias_bytes'])}; "
-            f"eval step temporaries {_size(eval_['temp_bytes'])})",
-            f"train step{per_chip}: {result['flops_per_step'] / 1e9:.1f} GFLOP, "
-            f"{result['bytes_accessed_per_step'] / 1e9:.2f} GB accessed "
-            f"({result['bytes_accessed_per_image'] / 1e6:.0f} MB an image)",
-            f"roofline: {result['roofline_images_per_s']:,.0f} images/s, "
-            f"{result['roofline_bound']}-bound (a step: compute "
-            f"{result['roofline_compute_ms']:.3g} ms, HBM {result['roofline_memory_ms']:.3g} ms) "
-            f"at {result['peak_flops'] / 1e12:.0f} TFLOP/s bf16 and "
-            f"{result['hbm_bandwidth'] / 1e9:.0f} GB/s a chip ({result['peaks_source']}"
-            f"{assumption})",
-        ]
     )
 
 
