@@ -24,8 +24,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_config(model: SparseNet) -> None:
-    """Raise ``ValueError``/``TypeError`` naming the first bad field of ``model``."""
+def validate_module(model: SparseNet) -> None:
+    """Raise ``ValueError``/``TypeError`` naming the first bad field of the module ``model``."""
     if not isinstance(model.schedule, Schedule):
         raise TypeError(f"schedule must be a Schedule, got {model.schedule!r}")
     if model.aggregation not in AGGREGATIONS:
@@ -97,3 +97,7 @@ def _check_ranges(model: SparseNet) -> None:
             )
     if model.unit == "res_bottleneck" and any(g % 4 for g in growths):
         raise ValueError(f"res_bottleneck widths must be multiples of 4, got {growths}")
+
+
+# The old name, kept while model/network.py still imports it (issue 17: it validates a module).
+validate_config = validate_module
