@@ -7,13 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import jax
 import pytest
 
 from sparsenet_jax.model.presets import create_model
-from sparsenet_jax.tools import aot, tpu_chips
+from sparsenet_jax.tools import aot, aot_report, tpu_chips
 from sparsenet_jax.tools.tpu_chips import GiB
 from sparsenet_jax.training import config as config_lib
 from sparsenet_jax.training.build import build_run
@@ -56,12 +55,20 @@ def test_roofline_takes_the_slower_of_compute_and_memory():
     assert line.bound == "compute" and line.images_per_s == pytest.approx(64 / 3)
 
 
+@pytest.mark.skipif(not aot.libtpu_available(), reason="needs libtpu (the [tpu] extra)")
 def test_a_v4_chip_is_two_compile_only_devices():
-    """libtpu gives each v4 TensorCore its own device: figures are added up per chip."""
-    run = types.SimpleNamespace(mesh=types.SimpleNamespace(size=8))
-    assert aot.devices_per_chip(run, tpu_chips.parse_topology("v4:2x2x1")) == 2
-    run.mesh.size = 4
-    assert aot.devices_per_chip(run, tpu_chips.parse_topology("v5e:2x2")) == 1
+    """Issue 17: libtpu gives each v4 TensorCore its own device: figures are added up per chip.
+
+    The run is built on libtpu's own compile-only devices, as aot builds it.
+    """
+    config = config_lib.from_dict(
+        {**config_lib.RECIPES["digits"], "model": "sparsenet-7-4", "eval_batch_size": 16}
+    )
+    for name, devices, per_chip in (("v4:2x2x1", 8, 2), ("v5e:2x2", 4, 1)):
+        topology = tpu_chips.parse_topology(name)
+        run = build_run(config, devices=aot.topology_devices(topology))
+        assert run.mesh.size == devices
+        assert aot_report.devices_per_chip(run, topology) == per_chip
 
 
 def test_not_fit_message_is_one_line_in_gib():
@@ -112,14 +119,30 @@ def test_without_libtpu_one_line_names_the_extra(monkeypatch, capsys):
     assert err.count("\n") == 1 and "pip install 'sparsenet_jax[tpu]'" in err
 
 
-def test_not_fitting_exits_1_with_one_line(monkeypatch, capsys):
-    def refuse(config, topology):
-        raise aot.DoesNotFit(int(40 * GiB), int(15.75 * GiB))
-
-    monkeypatch.setattr(aot, "check", refuse)
-    assert aot.main([*TINY, "--json"]) == 1
+def test_a_network_too_big_for_the_chip_exits_1_with_one_line(capsys):
+    """Issue 17: the real check refuses, by arithmetic, before libtpu or the compiler start."""
+    assert aot.main(["--recipe", "cifar10", "--model", "densenet-1000-100", "--json"]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and err == "needs 40.00 GiB of the chip's 15.75 GiB (TPU v5e HBM)\n"
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("error: densenet-1000-100 has 50,427,203,410 parameters")
+    assert "more than the 16.0 GiB of a TPU v5e chip's HBM" in err
+
+
+@pytest.mark.skipif(not aot.libtpu_available(), reason="needs libtpu (the [tpu] extra)")
+def test_not_fitting_exits_1_with_one_line(monkeypatch, capsys):
+    """Issue 17: only the TPU compiler is replaced (by its out-of-HBM answer); on a v4 chip
+    of two devices the per-device figures the compiler gives are doubled."""
+
+    def out_of_hbm(self, *args, **kwargs):
+        raise RuntimeError(
+            "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in "
+            "memory space hbm. Used 20.00G of 15.75G hbm. Exceeded hbm capacity by 4.25G."
+        )
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", out_of_hbm)
+    assert aot.main([*TINY, "--topology", "v4:1x1x1", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == "needs 40.00 GiB of the chip's 31.50 GiB (TPU v4 HBM)\n"
 
 
 def test_bad_topology_is_a_usage_error(capsys):
@@ -129,8 +152,8 @@ def test_bad_topology_is_a_usage_error(capsys):
     assert "topology" in capsys.readouterr().err
 
 
-def _cost(flops: float, bytes_accessed: float, temp: int) -> aot.StepCost:
-    return aot.StepCost(
+def _cost(flops: float, bytes_accessed: float, temp: int) -> aot_report.StepCost:
+    return aot_report.StepCost(
         trace_s=1.0,
         compile_s=2.0,
         compile_cpu_s=3.0,
@@ -150,14 +173,16 @@ def test_report_arithmetic_and_text():
     )
     run = build_run(config, devices=jax.devices()[:1])
     topology = tpu_chips.parse_topology("v5e:1x1")
-    result = aot.report(run, topology, _cost(197e9, 819e9, 10**6), _cost(1.0, 1.0, 2 * 10**6))
+    result = aot_report.report(
+        run, topology, _cost(197e9, 819e9, 10**6), _cost(1.0, 1.0, 2 * 10**6)
+    )
     assert result["hbm_bytes"] == 1000 + 900 - 800 + 2 * 10**6  # the larger step: eval
     assert result["fits"] is True and result["hbm_capacity_bytes"] == 16 * GiB
     assert result["roofline_bound"] == "memory"  # 1 s of HBM traffic, 1 ms of compute
     assert result["roofline_images_per_s"] == pytest.approx(config.batch_size, rel=1e-3)
     assert result["bytes_accessed_per_image"] == pytest.approx(819e9 / config.batch_size)
     assert json.loads(json.dumps(result)) == result  # plain JSON, dtypes as strings
-    report = aot.text(result)
+    report = aot_report.text(result)
     assert "roofline" in report and "197 TFLOP/s" in report and "819 GB/s" in report
 
 

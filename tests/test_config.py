@@ -217,7 +217,7 @@ def test_an_explicit_stem_is_a_choice():
     assert config.model_kwargs == {"stem": "cifar"}
 
 
-def test_bad_flag_through_the_real_cli(tmp_path):
+def test_misspelt_flag_through_the_real_cli_suggests_the_right_one(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "sparsenet_jax.train", "--batch_sise", "32"],
         capture_output=True,

@@ -6,10 +6,10 @@ import importlib
 import pathlib
 import subprocess
 import sys
+import tomllib
 import warnings
 
 import pytest
-import tomllib
 
 from sparsenet_jax import _legacy
 

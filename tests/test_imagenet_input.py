@@ -158,7 +158,11 @@ def test_grain_worker_processes_give_the_same_batches_and_resume(data_dir: str) 
 
 @needs_grain
 def test_grain_iterator_saves_with_grain_checkpoint_handler(data_dir: str, tmp_path) -> None:
-    """The form the trainer's Orbax checkpoint uses: grain.checkpoint.CheckpointSave(it)."""
+    """The form an Orbax checkpoint of your own loop can hold: grain.checkpoint.CheckpointSave(it).
+
+    The trainer does not save it: it resumes by its step count, which starts
+    the loader at the same batch (test_the_trainer_resumes_imagenet_mid_epoch_exactly).
+    """
     import grain
     from etils import epath
 

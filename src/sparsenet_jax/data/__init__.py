@@ -13,6 +13,8 @@
   deterministic batch orders that every host computes identically, each taking its own slice.
 * ``imagenet``: ``ImageNetLoader``, host-local ImageNet batches decoded on the host by a
   thread pool.
+* ``imagenet_grain``: ``GrainImageNetLoader``, the same batches interface on grain (the
+  ``[grain]`` extra; imported only when used): worker processes and a resumable state.
 * ``cli``: ``main``, the ``prepare`` command.
 
 CIFAR (unless ``--data-dir`` holds the official files) and ImageNet are read with

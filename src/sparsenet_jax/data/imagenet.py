@@ -68,14 +68,12 @@ class ImageNetLoader:
         process_count: int = 1,
         num_workers: int = 8,
     ) -> None:
-        check_hosts(batch_size, process_index, process_count)
-        self.info, self._source = open_imagenet(split, data_dir)
+        hosts = (process_index, process_count)
+        self.info, self._source = open_for_hosts(split, batch_size, data_dir, train, *hosts)
         self.batch_size, self.seed, self.epoch, self.train = batch_size, seed, epoch, train
-        self.process_index, self.process_count = process_index, process_count
+        self.process_index, self.process_count = hosts
         self.num_workers = num_workers
         self.num_examples = len(self._source)
-        if train and batch_size > self.num_examples:
-            raise ValueError(f"batch size {batch_size} > {self.num_examples} examples")
 
     def __len__(self) -> int:
         """Batches per epoch (training drops the remainder; evaluation pads it)."""
@@ -125,6 +123,27 @@ class ImageNetLoader:
         if self.train:
             return train_example(example, np.random.default_rng([self.seed, self.epoch, index]))
         return eval_example(example)
+
+
+def open_for_hosts(
+    split: str,
+    batch_size: int,
+    data_dir: str | None,
+    train: bool,
+    process_index: int,
+    process_count: int,
+) -> tuple[DatasetInfo, Sequence[Example]]:
+    """What both ImageNet loaders check and open first (this one and the grain one).
+
+    Raises:
+      ValueError: the global batch does not split over the hosts, or a training
+        batch is larger than the split.
+    """
+    check_hosts(batch_size, process_index, process_count)
+    info, source = open_imagenet(split, data_dir)
+    if train and batch_size > len(source):
+        raise ValueError(f"batch size {batch_size} > {len(source)} examples")
+    return info, source
 
 
 def open_imagenet(split: str, data_dir: str | None) -> tuple[DatasetInfo, Sequence[Example]]:

@@ -11,9 +11,10 @@ and ``imagenet.eval_example``). What grain adds:
 * threads in this process, or ``num_workers`` worker *processes* (``mp_prefetch``),
   each with its own threads;
 * ``iter(loader)`` is a ``GrainBatchIterator`` whose ``get_state()``/``set_state()``
-  save and restore its exact position (a few bytes of JSON, no batches re-read), so a
-  resumed run reads exactly the batches an uninterrupted one would. It also works with
-  ``grain.checkpoint.CheckpointSave(it)`` / ``CheckpointRestore(it)`` in Orbax.
+  save and restore its exact position (a few bytes of JSON, no batches re-read), for a
+  loop of your own; it also works with ``grain.checkpoint.CheckpointSave(it)`` /
+  ``CheckpointRestore(it)`` in Orbax. The trainer does not use it: it resumes by its
+  step count, which starts the loader at the batch an uninterrupted run would read.
 
 Needs the optional extra ``pip install 'sparsenet_jax[grain]'``.
 """
@@ -30,7 +31,6 @@ from absl import flags
 
 from sparsenet_jax.data import imagenet
 from sparsenet_jax.data.imagenet import Batch, Example
-from sparsenet_jax.data.sampling import check_hosts
 
 Element = dict[str, Any]  # {"image": float32 HWC, "label": int32, "mask": float32}
 
@@ -69,18 +69,18 @@ class GrainImageNetLoader:
       split: "train", or "test"/"validation" (the validation set).
       batch_size: the *global* batch; each of ``process_count`` hosts yields
         ``batch_size // process_count`` examples of every batch.
+      train: random-resized crop, mirror, shuffle and dropped remainder; otherwise the
+        central crop, in order, the last batch padded (``mask`` 0.0) to full size.
       data_dir: the tfds data_dir holding ``imagenet2012`` as ``array_record``.
       seed: shuffle and augmentation seed, in [0, 2**32).
       epoch: which epoch this loader reads; epochs are shuffled and augmented differently.
-      train: random-resized crop, mirror, shuffle and dropped remainder; otherwise the
-        central crop, in order, the last batch padded (``mask`` 0.0) to full size.
+      skip: start at this batch of the epoch (a resumed run), without reading the others.
       process_index, process_count: this host and the number of hosts.
       num_workers: worker processes (``mp_prefetch``); 0 reads in this process, with
         threads only. The default (0 processes, 8 threads) costs as much CPU per image
         as ``ImageNetLoader``'s 8 threads; processes cost more per image here (see
         benchmarks/results/imagenet-input-*.md) but are not bound by one process's GIL.
       threads_per_worker: threads in each worker process (or in this one).
-      skip: start at this batch of the epoch (a resumed run), without reading the others.
     """
 
     def __init__(
@@ -88,23 +88,21 @@ class GrainImageNetLoader:
         split: str,
         batch_size: int,
         *,
+        train: bool = True,
         data_dir: str | None = None,
         seed: int = 0,
         epoch: int = 0,
-        train: bool = True,
+        skip: int = 0,
         process_index: int = 0,
         process_count: int = 1,
         num_workers: int = 0,
         threads_per_worker: int = 8,
-        skip: int = 0,
     ) -> None:
-        check_hosts(batch_size, process_index, process_count)
         if not 0 <= seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32) for grain, got {seed}")
-        self.info, source = imagenet.open_imagenet(split, data_dir)
+        hosts = (process_index, process_count)
+        self.info, source = imagenet.open_for_hosts(split, batch_size, data_dir, train, *hosts)
         self.num_examples = len(source)
-        if train and batch_size > self.num_examples:
-            raise ValueError(f"batch size {batch_size} > {self.num_examples} examples")
         self.batch_size, self.seed, self.epoch, self.train = batch_size, seed, epoch, train
         self.num_workers, self.threads_per_worker = num_workers, threads_per_worker
         build = _train_batches if train else _eval_batches

@@ -6,15 +6,16 @@ typo in a preset override fails at construction, not deep inside tracing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import jax.numpy as jnp
 
 from sparsenet_jax.model.block import AGGREGATIONS, BLOCK_IMPLS, UNIT_KINDS
 from sparsenet_jax.model.schedule import Schedule
 
-if TYPE_CHECKING:
-    from sparsenet_jax.model.network import SparseNet
+# The network is passed in as `Any`: importing its class here, even for typing only,
+# would tie this module and network.py in a circle.
+SparseNet = Any
 
 StemKind = Literal["cifar", "imagenet"]
 STEM_KINDS: tuple[str, ...] = ("cifar", "imagenet")
@@ -24,8 +25,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_config(model: SparseNet) -> None:
-    """Raise ``ValueError``/``TypeError`` naming the first bad field of ``model``."""
+def validate_module(model: SparseNet) -> None:
+    """Raise ``ValueError``/``TypeError`` naming the first bad field of the module ``model``."""
     if not isinstance(model.schedule, Schedule):
         raise TypeError(f"schedule must be a Schedule, got {model.schedule!r}")
     if model.aggregation not in AGGREGATIONS:
@@ -97,3 +98,6 @@ def _check_ranges(model: SparseNet) -> None:
             )
     if model.unit == "res_bottleneck" and any(g % 4 for g in growths):
         raise ValueError(f"res_bottleneck widths must be multiples of 4, got {growths}")
+
+
+# The old name, kept while model/network.py still imports it (issue 17: it validates a module).

@@ -217,7 +217,7 @@ def _convert(
         },
         where,
     )
-    fit = _Fit(source)
+    fit = _FitToModel(source)
     converted = {
         collection: fit.collection(collection, tree) for collection, tree in shapes.items()
     }
@@ -227,8 +227,8 @@ def _convert(
     return converted
 
 
-class _Fit:
-    """Maps each model variable to its checkpoint entry; collects every mismatch for one error."""
+class _FitToModel:
+    """Fits a checkpoint's entries to the model's variables: maps each model variable to its checkpoint entry; collects every mismatch for one error."""
 
     def __init__(self, source: dict[str, np.ndarray]) -> None:
         self.source = source

@@ -35,10 +35,10 @@ from sparsenet_jax.model.block import (
     make_conv,
     make_norm,
 )
-from sparsenet_jax.model.checks import STEM_KINDS, StemKind, validate_config
+from sparsenet_jax.model.checks import STEM_KINDS, StemKind, validate_module
 from sparsenet_jax.model.schedule import Schedule
 
-__all__ = ["STEM_KINDS", "SparseNet", "StemKind", "init_variables", "validate_config"]
+__all__ = ["STEM_KINDS", "SparseNet", "StemKind", "init_variables", "validate_module"]
 
 
 class SparseNet(nn.Module):
@@ -90,7 +90,7 @@ class SparseNet(nn.Module):
     share_stats: bool = False
 
     def __post_init__(self) -> None:
-        validate_config(self)
+        validate_module(self)
         super().__post_init__()
 
     @property

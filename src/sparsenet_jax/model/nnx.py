@@ -9,7 +9,7 @@ Use::
     logits = model(images)  # eval mode: BatchNorm uses its running averages
     model.train()  # batch statistics; running averages updated in place
     optimizer = snnx.make_optimizer(model, tx)  # nnx.Optimizer(model, tx, wrt=nnx.Param)
-    snnx.apply_gradients(optimizer, model, grads)  # Flax 0.10 and 0.11+ signatures
+    snnx.apply_gradients(optimizer, model, grads)  # optimizer.update(model, grads)
 
 The parameters are the Linen ones (same names and layout), so
 :func:`from_variables` / :func:`to_variables` move weights between the two APIs:
@@ -18,7 +18,6 @@ converted checkpoints, :func:`sparsenet_jax.tools.export.export_model`, Orbax.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -164,13 +163,6 @@ def make_optimizer(model: nnx.Module, tx: optax.GradientTransformation) -> nnx.O
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-# Flax 0.11 made the model an argument of Optimizer.update (it was held by the optimizer).
-_UPDATE_TAKES_MODEL = "model" in inspect.signature(nnx.Optimizer.update).parameters
-
-
 def apply_gradients(optimizer: nnx.Optimizer, model: nnx.Module, grads: Any) -> None:
-    """One optimizer step on ``model``, with the ``Optimizer.update`` signature of the installed Flax."""
-    if _UPDATE_TAKES_MODEL:
-        optimizer.update(model, grads)
-    else:  # Flax < 0.11
-        optimizer.update(grads)  # type: ignore[call-arg]
+    """One optimizer step on ``model`` (Flax >= 0.11: ``Optimizer.update(model, grads)``)."""
+    optimizer.update(model, grads)

@@ -13,6 +13,10 @@ train step's per-chip program does, and the roofline images/s on that chip
 a compile-only device of each of a v4 chip's two TensorCores, and their
 programs are added up.
 
+This module finds the devices, compiles and runs the command line; reading the
+compiler's answers, building the report and rendering it is
+:mod:`sparsenet_jax.tools.aot_report`'s job.
+
 Exit codes: 0 fits, 1 does not fit (one line: "needs X GiB of the chip's Y"),
 libtpu missing or the run cannot be built (one ``error:`` line), 2 a bad command line.
 """
@@ -20,26 +24,31 @@ libtpu missing or the run cannot be built (one ``error:`` line), 2 a bad command
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import importlib.util
 import json
 import os
-import re
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 
 from sparsenet_jax.tools import tpu_chips
-from sparsenet_jax.tools.tpu_chips import GiB, Topology
-from sparsenet_jax.training import flags
-from sparsenet_jax.training.build import Run, build_run
+from sparsenet_jax.tools.aot_report import (
+    DoesNotFit,
+    StepCost,
+    devices_per_chip,
+    parse_out_of_memory,
+    report,
+    text,
+)
+from sparsenet_jax.tools.tpu_chips import Topology
+from sparsenet_jax.training import flags, memory, signals
+from sparsenet_jax.training.build import build_run
 from sparsenet_jax.training.config import TrainConfig
 from sparsenet_jax.training.errors import TrainingError
+from sparsenet_jax.training.platforms import quiet_stderr, setup_platforms
 
 PROG = "python -m sparsenet_jax.aot"
 DEFAULT_TOPOLOGY = "v5e:1x1"
@@ -47,64 +56,10 @@ INSTALL_HINT = (
     "compiling for TPU needs libtpu: pip install 'sparsenet_jax[tpu]' "
     f"(jax[tpu] pinned to the tested jax, {jax.__version__})"
 )
-# The TPU compiler refuses a program larger than HBM, in one of two wordings (libtpu
-# 0.0.42): "... HLO temporaries (28.98G) exceeds available HBM (15.75G)" or
-# "Used 20.31G of 15.75G hbm". G is GiB.
-_OOM_RES = (
-    re.compile(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"),
-    re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm"),
-)
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": GiB, "T": 1024**4}
-
-
-class DoesNotFit(Exception):
-    """The compiler could not place the step in the chip's HBM."""
-
-    def __init__(self, need_bytes: int, capacity_bytes: int) -> None:
-        super().__init__(f"needs {need_bytes} of {capacity_bytes} bytes")
-        self.need_bytes, self.capacity_bytes = need_bytes, capacity_bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class StepCost:
-    """What compiling one step took and what the compiler says it needs, per chip."""
-
-    trace_s: float  # tracing and lowering to StableHLO
-    compile_s: float  # the TPU compiler, wall clock
-    compile_cpu_s: float  # its CPU time, all threads: less swayed by other jobs on the machine
-    argument_bytes: int
-    output_bytes: int
-    alias_bytes: int  # outputs written over donated arguments
-    temp_bytes: int
-    code_bytes: int
-    flops: float
-    bytes_accessed: float
-
-    @property
-    def hbm_bytes(self) -> int:
-        return self.argument_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
 
 
 def libtpu_available() -> bool:
     return importlib.util.find_spec("libtpu") is not None
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Hide what libtpu writes to file descriptor 2 while it starts.
-
-    Without a TPU it warns that TPU_WORKER_HOSTNAMES and TPU_ACCELERATOR_TYPE are
-    unset: harmless when only compiling, and it would bury the report.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def topology_devices(topology: Topology) -> list[jax.Device]:
@@ -123,7 +78,7 @@ def topology_devices(topology: Topology) -> list[jax.Device]:
     # One chip needs its host bounds spelled out; a larger slice's name says them.
     single = {"chips_per_host_bounds": (1, 1, 1), "wrap": (False, False, False)}
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             desc = topologies.get_topology_desc(
                 topology_name=topology.name,
                 platform="tpu",
@@ -147,11 +102,10 @@ def compile_step(step: Callable[..., Any], *args: Any) -> StepCost:
     try:
         compiled = lowered.compile()
     except Exception as err:  # XlaRuntimeError: RESOURCE_EXHAUSTED
-        match = next((m for r in _OOM_RES if (m := r.search(str(err)))), None)
-        if match is None:
+        out_of_memory = parse_out_of_memory(str(err))
+        if out_of_memory is None:
             raise
-        need, capacity = (float(match[i]) * _UNITS[match[i + 1]] for i in (1, 3))
-        raise DoesNotFit(int(need), int(capacity)) from None
+        raise DoesNotFit(*out_of_memory) from None
     done, cpu = time.perf_counter(), time.process_time() - cpu
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -170,104 +124,6 @@ def compile_step(step: Callable[..., Any], *args: Any) -> StepCost:
     )
 
 
-def report(run: Run, topology: Topology, train: StepCost, eval_: StepCost) -> dict[str, Any]:
-    """The JSON report of one check (``--json`` prints it)."""
-    chip = topology.chip
-    batch = run.config.batch_size
-    cores = devices_per_chip(run, topology)
-    hbm = cores * max(train.hbm_bytes, eval_.hbm_bytes)
-    flops, bytes_accessed = cores * train.flops, cores * train.bytes_accessed
-    line = tpu_chips.roofline(flops, bytes_accessed, batch, chip)
-    return {
-        "model": run.config.model,
-        "dataset": run.config.dataset,
-        "num_classes": run.info.num_classes,
-        "num_params": run.num_params,
-        "model_kwargs": run.model_kwargs,
-        "dtype": run.config.dtype,
-        "batch_size": batch,
-        "eval_batch_size": run.config.eval_batch_size,
-        "topology": topology.name,
-        "chip": chip.name,
-        "num_chips": topology.num_chips,
-        "devices_per_chip": cores,
-        "train_trace_s": round(train.trace_s, 2),
-        "train_compile_s": round(train.compile_s, 2),
-        "train_compile_cpu_s": round(train.compile_cpu_s, 2),
-        "eval_trace_s": round(eval_.trace_s, 2),
-        "eval_compile_s": round(eval_.compile_s, 2),
-        "eval_compile_cpu_s": round(eval_.compile_cpu_s, 2),
-        "hbm_bytes": hbm,
-        "hbm_capacity_bytes": chip.hbm_bytes,
-        "fits": hbm <= chip.hbm_bytes,
-        "train_memory": _memory(train),
-        "eval_memory": _memory(eval_),
-        "flops_per_step": flops,
-        "bytes_accessed_per_step": bytes_accessed,
-        "bytes_accessed_per_image": bytes_accessed * topology.num_chips / batch,
-        "peak_flops": chip.peak_flops,
-        "hbm_bandwidth": chip.hbm_bandwidth,
-        "peaks_source": chip.source,
-        "peak_assumption": "float32 rated at the bf16 peak (JAX's default TPU precision: "
-        "one bf16 pass, float32 accumulation)",
-        "roofline_images_per_s": round(line.images_per_s, 1),
-        "roofline_bound": line.bound,
-        "roofline_compute_ms": 1e3 * line.compute_s,
-        "roofline_memory_ms": 1e3 * line.memory_s,
-    }
-
-
-def devices_per_chip(run: Run, topology: Topology) -> int:
-    """Compile-only devices a chip has: 2 on v4 (one a TensorCore), else 1."""
-    return max(1, run.mesh.size // topology.num_chips)
-
-
-def _memory(cost: StepCost) -> dict[str, int]:
-    return {
-        "argument_bytes": cost.argument_bytes,
-        "output_bytes": cost.output_bytes,
-        "alias_bytes": cost.alias_bytes,
-        "temp_bytes": cost.temp_bytes,
-        "code_bytes": cost.code_bytes,
-    }
-
-
-def _size(num_bytes: float) -> str:
-    return f"{num_bytes / GiB:.2f} GiB" if num_bytes >= GiB / 2 else f"{num_bytes / 2**20:.0f} MiB"
-
-
-def text(result: dict[str, Any]) -> str:
-    """The human-readable report."""
-    train, eval_ = result["train_memory"], result["eval_memory"]
-    chips = result["num_chips"]
-    per_chip = " per chip" if chips > 1 else ""
-    assumption = f"; {result['peak_assumption']}" if result["dtype"] == "float32" else ""
-    return "\n".join(
-        [
-            f"{result['model']} on {result['dataset']}, {result['dtype']}, batch "
-            f"{result['batch_size']} (eval {result['eval_batch_size']}), TPU {result['topology']} "
-            f"({chips} chip{'s' if chips > 1 else ''}), {result['num_params']:,} parameters",
-            f"compile on this machine: train step {result['train_compile_s']:.1f} s "
-            f"(+{result['train_trace_s']:.1f} s tracing), eval step "
-            f"{result['eval_compile_s']:.1f} s (+{result['eval_trace_s']:.1f} s tracing)",
-            f"HBM{per_chip}: {_size(result['hbm_bytes'])} of the chip's "
-            f"{_size(result['hbm_capacity_bytes'])} (train step: arguments "
-            f"{_size(train['argument_bytes'])}, temporaries {_size(train['temp_bytes'])}, "
-            f"outputs {_size(train['output_bytes'])}, donated {_size(train['alias_bytes'])}; "
-            f"eval step temporaries {_size(eval_['temp_bytes'])})",
-            f"train step{per_chip}: {result['flops_per_step'] / 1e9:.1f} GFLOP, "
-            f"{result['bytes_accessed_per_step'] / 1e9:.2f} GB accessed "
-            f"({result['bytes_accessed_per_image'] / 1e6:.0f} MB an image)",
-            f"roofline: {result['roofline_images_per_s']:,.0f} images/s, "
-            f"{result['roofline_bound']}-bound (a step: compute "
-            f"{result['roofline_compute_ms']:.3g} ms, HBM {result['roofline_memory_ms']:.3g} ms) "
-            f"at {result['peak_flops'] / 1e12:.0f} TFLOP/s bf16 and "
-            f"{result['hbm_bandwidth'] / 1e9:.0f} GB/s a chip ({result['peaks_source']}"
-            f"{assumption})",
-        ]
-    )
-
-
 def check(config: TrainConfig, topology: Topology) -> dict[str, Any]:
     """Compile ``config``'s train and eval steps for ``topology`` and report.
 
@@ -275,11 +131,24 @@ def check(config: TrainConfig, topology: Topology) -> dict[str, Any]:
       TrainingError: libtpu missing, or the run cannot be built for the topology.
       DoesNotFit: the compiler could not fit a step in HBM.
     """
-    run = build_run(config, devices=topology_devices(topology))
-    state = run.abstract_state()
-    try:
+    # First the O(blocks) arithmetic: a huge network is refused before libtpu starts.
+    memory.check_size(
+        config,
+        devices=topology.num_chips,
+        capacity=topology.chip.hbm_bytes,
+        where=f"a TPU {topology.chip.name} chip's HBM",
+    )
+    devices = topology_devices(topology)
+    signals.reclaim()  # libtpu's crash handler would print a stack for SIGTERM
+    run = build_run(config, devices=devices)
+
+    def compile_both() -> tuple[StepCost, StepCost]:
+        state = run.abstract_state()
         train = compile_step(run.train_step, state, run.abstract_batch(True))
-        eval_ = compile_step(run.eval_step, state, run.abstract_batch(False))
+        return train, compile_step(run.eval_step, state, run.abstract_batch(False))
+
+    try:
+        train, eval_ = signals.interruptible(compile_both)
     except DoesNotFit as err:  # the compiler speaks of one device: say it of the chip
         cores = devices_per_chip(run, topology)
         raise DoesNotFit(cores * err.need_bytes, cores * err.capacity_bytes) from None
@@ -311,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Compile times are the point: a cached program would report none.
     jax.config.update("jax_enable_compilation_cache", False)
     try:
-        result = check(config, topology)
+        with signals.ExitOnSignal("the TPU check: nothing was written"):
+            setup_platforms()
+            result = check(config, topology)
     except DoesNotFit as err:
         message = tpu_chips.not_fit_message(err.need_bytes, err.capacity_bytes, topology.chip)
         print(message, file=sys.stderr)

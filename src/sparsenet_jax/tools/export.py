@@ -37,7 +37,7 @@ from sparsenet_jax.data import dataset_info
 from sparsenet_jax.model.network import SparseNet
 from sparsenet_jax.tools.artifact import identity_digest
 from sparsenet_jax.training import config as config_lib
-from sparsenet_jax.training import identity
+from sparsenet_jax.training import identity, memory
 from sparsenet_jax.training.build import Run, build_run
 from sparsenet_jax.training.checkpoints import Checkpoints
 from sparsenet_jax.training.errors import TrainingError
@@ -256,6 +256,8 @@ def _build_from_workdir(root: pathlib.Path, saved: dict[str, Any], dtype: str) -
         overrides = {"dtype": dtype, "init_from": None, "loader": "auto", "restore_step": None}
         config = config_lib.from_dict({**fields, **overrides})
         info = identity.recorded_data(root) or dataset_info(config.dataset)
+        # Issue 18 item 1: a config naming a huge network is refused before anything is traced.
+        memory.check_size(config, devices=1, train=False, info=info)
         return build_run(config, jax.devices("cpu")[:1], info=info)
     except (config_lib.ConfigError, TrainingError) as err:
         raise ExportError(f"{root / identity.CONFIG_FILE}: {err}") from None

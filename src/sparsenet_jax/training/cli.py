@@ -20,6 +20,7 @@ from sparsenet_jax.training import flags
 from sparsenet_jax.training.config import ConfigError, TrainConfig
 from sparsenet_jax.training.errors import TrainingError
 from sparsenet_jax.training.loop import RunResult, train_and_evaluate
+from sparsenet_jax.training.platforms import setup_platforms
 from sparsenet_jax.training.reporting import duration
 from sparsenet_jax.training.signals import HoldBackgroundErrors, StopRequested
 
@@ -98,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with HoldBackgroundErrors():
             setup_compilation_cache(config.compilation_cache_dir)
             setup_distributed(config)
+            setup_platforms()  # one line for a JAX_PLATFORMS this machine lacks
             result = train_and_evaluate(config)
     except (TrainingError, data_lib.DatasetNotFoundError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -222,6 +222,7 @@ def train_and_evaluate(
         too little memory, non-finite values, a failed save).
     """
     start, compile_clock = time.time(), CompileClock()
+    memory.check_size(config)  # O(blocks): a huge network is refused before anything else
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir), contextlib.ExitStack() as stack:

@@ -1,21 +1,30 @@
-"""Will a run fit? An estimate of a train step's memory, made before anything is allocated.
+"""Will a run fit? A bound and an estimate of a step's memory, made before anything is allocated.
 
-The estimate traces shapes only (``jax.eval_shape``): a 50-billion-parameter
-network is refused in seconds instead of growing until the machine swaps.
+Two stages. :func:`check_size` is arithmetic on the layout alone, O(number of
+blocks) whatever the depth: the parameters, gradients and momentum, and every
+layer's output kept for the backward pass. Train, ``aot`` and ``export`` call it
+before anything is traced or written, so a billion-layer network is refused in
+a second instead of exhausting the machine. :func:`check_fits` then traces
+shapes only (``jax.eval_shape``) for the estimate with every activation.
 On TPU, ``python -m sparsenet_jax.aot`` gives the compiler's exact figure.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from sparsenet_jax.model.arithmetic import expected_params
+from sparsenet_jax import data as data_lib
+from sparsenet_jax.model.arithmetic import block_layouts, expected_params
+from sparsenet_jax.model.network import SparseNet
+from sparsenet_jax.model.presets import create_model
 from sparsenet_jax.training.build import Run
+from sparsenet_jax.training.config import TrainConfig
 from sparsenet_jax.training.errors import TrainingError
 
 GiB = 1024**3
@@ -73,12 +82,112 @@ def device_capacity(device: jax.Device) -> int | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class SizeBound:
+    """What a step needs at least, from the layout arithmetic alone (nothing traced)."""
+
+    num_params: int
+    state_bytes: int  # float32 parameters (+ gradients and momentum when training)
+    activation_bytes: int  # every layer's output, kept for the backward pass (training only)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.state_bytes + self.activation_bytes
+
+
+def size_bound(model: SparseNet, batch: int, image_size: int, train: bool = True) -> SizeBound:
+    """A lower bound of a step's memory on one device holding ``batch`` images, O(blocks).
+
+    Training holds parameters, gradients and momentum in float32, and each
+    layer's ``k``-channel output at its block's resolution for the backward
+    pass; inference at least the parameters.
+    """
+    num_params = expected_params(model)
+    if not train:
+        return SizeBound(num_params, 4 * num_params, 0)
+    side = math.ceil(image_size / 4) if model.stem == "imagenet" else image_size
+    itemsize = jnp.dtype(model.dtype).itemsize
+    values = 0
+    for b, (_, growth, layers, _) in enumerate(block_layouts(model)):
+        values += layers * growth * (side // 2**b) ** 2
+    return SizeBound(num_params, 3 * 4 * num_params, batch * values * itemsize)
+
+
+def check_size(
+    config: TrainConfig,
+    *,
+    devices: int | None = None,
+    capacity: int | None = None,
+    where: str | None = None,
+    train: bool = True,
+    info: data_lib.DatasetInfo | None = None,
+) -> SizeBound | None:
+    """Refuse, in one line and O(number of blocks), a run whose step cannot fit a device.
+
+    Call it first: it builds the (uninitialised) module only, traces and
+    writes nothing, so a billion-layer network is refused at once
+    (issue 18 item 1).
+
+    Args:
+      config: the run; its model, ``model_kwargs``, dataset, dtype and batch size count.
+      devices: how many devices share the batch (default: ``jax.device_count()``).
+      capacity: bytes of one device (default: this machine's first device).
+      where: the device's name in the message (default: its platform).
+      train: a train step (gradients, momentum, activations) or inference only.
+      info: the dataset's facts; default: the catalogue's. An image folder not
+        read yet counts as 3-channel images of ``--image-size`` (or 32) in 2
+        classes: a lower bound, which the traced estimate refines.
+
+    Returns:
+      The bound, or None when the capacity is unknown.
+
+    Raises:
+      TrainingError: naming the parameter count, the bound and the capacity.
+    """
+    if capacity is None:
+        device = jax.devices()[0]
+        capacity, where = device_capacity(device), where or f"{device.platform} memory"
+    if capacity is None:
+        return None
+    devices = devices or jax.device_count()
+    if info is None:
+        info = _catalogued_or_least(config)
+    try:
+        kwargs = {"in_channels": info.channels, **config.model_kwargs}
+        # "auto" may mean bfloat16: the bound takes the smaller of the two.
+        kwargs["dtype"] = jnp.float32 if config.dtype == "float32" else jnp.bfloat16
+        model = create_model(config.model, num_classes=info.num_classes, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise TrainingError(f"model: {err}") from None
+    bound = size_bound(model, max(1, config.batch_size // devices), info.image_size, train)
+    if bound.total_bytes > capacity:
+        need = f"at least {bound.total_bytes / GiB:,.1f} GiB"
+        if train:
+            need += (
+                f" (state {bound.state_bytes / GiB:,.1f}, "
+                f"layer outputs {bound.activation_bytes / GiB:,.1f})"
+            )
+        step = "a train step" if train else "its weights"
+        raise TrainingError(
+            f"{config.model} has {bound.num_params:,} parameters: {step} needs {need} per "
+            f"device, more than the {capacity / GiB:,.1f} GiB of {where or 'the device'}; "
+            "choose a smaller model" + (" or --batch-size" if train else "")
+        )
+    return bound
+
+
+def _catalogued_or_least(config: TrainConfig) -> data_lib.DatasetInfo:
+    if config.dataset not in data_lib.LOCAL_DATASETS:
+        return data_lib.dataset_info(config.dataset)
+    size = config.image_size or 32
+    return data_lib.DatasetInfo(config.dataset, 2, size, 3, 1, 1, (0.5,) * 3, (0.25,) * 3)
+
+
 def check_fits(run: Run) -> MemoryEstimate | None:
     """Refuse a run whose train step cannot fit in a device's memory.
 
-    First a lower bound from the parameter arithmetic alone (parameters,
-    gradients and momentum in float32), which refuses a huge network at once;
-    then the estimate with activations, from traced shapes.
+    First :func:`size_bound` from the layout arithmetic alone, which refuses a
+    huge network at once; then the estimate with activations, from traced shapes.
 
     Returns:
       The estimate, or None when the device's capacity is unknown.
@@ -90,10 +199,11 @@ def check_fits(run: Run) -> MemoryEstimate | None:
     capacity = device_capacity(device)
     if capacity is None:
         return None
-    num_params = expected_params(run.model)
-    at_least = 3 * 4 * num_params
-    if at_least > capacity:
-        raise _too_big(run, num_params, f"at least {at_least / GiB:.1f} GiB", capacity, device)
+    per_device = run.config.batch_size // run.mesh.size
+    bound = size_bound(run.model, per_device, run.image_shape[0])
+    if bound.total_bytes > capacity:
+        detail = f"at least {bound.total_bytes / GiB:.1f} GiB"
+        raise _too_big(run, bound.num_params, detail, capacity, device)
     need = estimate(run)
     if need.total_bytes > capacity:
         detail = (

@@ -10,7 +10,9 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class StopRequested(BaseException):
@@ -77,6 +79,75 @@ class StopSignals:
         # still the reason the run stopped.
         if self._startup_signum is not None and isinstance(exc, Exception):
             raise StopRequested(self._startup_signum) from exc
+
+
+class ExitOnSignal:
+    """SIGTERM and Ctrl-C end a command that has nothing to save at once, with one line.
+
+    For ``python -m sparsenet_jax.aot``: ``what`` names the work in the line.
+    libtpu installs a crash handler that prints a stack trace for SIGTERM when
+    it loads; :func:`reclaim` gives the signals back to this handler afterwards,
+    and :func:`interruptible` keeps the main thread free to run it while a
+    long call (a compile) works in another thread (issue 18 item 13).
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> ExitOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in StopSignals.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        print(f"{signal.Signals(signum).name}: stopped {self.what}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
+def reclaim() -> None:
+    """Reinstall Python's handlers of SIGTERM and SIGINT over any a native library set since.
+
+    Call it on the main thread right after loading libtpu.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in StopSignals.SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler is not None:
+            signal.signal(signum, handler)
+
+
+def interruptible(work: Callable[[], T]) -> T:
+    """``work()`` on a worker thread while the main thread waits, free to handle signals.
+
+    A signal's Python handler runs only on the main thread, between bytecodes:
+    during a minute-long compile it would wait for the compile to end.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return work()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as err:  # handed to the caller as it is
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, name="interruptible", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class HoldBackgroundErrors:

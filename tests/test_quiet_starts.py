@@ -1,0 +1,97 @@
+"""Starts and stops that say one line: aot under SIGTERM (issue 18 item 13), a JAX_PLATFORMS
+this machine lacks, and libtpu's start-up chatter on CPU (issue 18, "Noisy")."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sparsenet_jax.tools import aot
+
+TINY = ["--recipe", "digits", "--model", "sparsenet-7-4", "--batch-size", "16"]
+TINY += ["--eval-batch-size", "16"]
+NO_TPU = pytest.mark.skipif(not aot.libtpu_available(), reason="needs libtpu (the [tpu] extra)")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    return {**env, **extra}
+
+
+def _libtpu_loaded(pid: int) -> bool:
+    try:
+        return "libtpu" in pathlib.Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@NO_TPU
+def test_aot_stops_on_sigterm_with_one_line():
+    """Issue 18 item 13: SIGTERM while aot compiles printed libtpu's crash stack."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparsenet_jax.aot", *TINY],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _libtpu_loaded(proc.pid) and proc.poll() is None:
+            assert time.monotonic() < deadline, "libtpu never loaded"
+            time.sleep(0.2)
+        time.sleep(3)  # past the topology: compiling now
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)  # at once, not after the compile
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines() == ["SIGTERM: stopped the TPU check: nothing was written"]
+
+
+@pytest.mark.parametrize("platform", ["cuda", "bogus", "tpu"])
+@pytest.mark.parametrize("command", ["train", "aot"])
+def test_a_platform_this_machine_lacks_is_one_line(platform, command, tmp_path):
+    """Issue 18, Noisy: JAX_PLATFORMS=tpu|cuda|bogus with no such device gave 29–50 lines."""
+    if platform == "tpu" and not aot.libtpu_available():
+        pytest.skip("without libtpu, tpu is just an unknown platform")
+    args = [*TINY, "--workdir", str(tmp_path / "run")] if command == "train" else TINY
+    done = subprocess.run(
+        [sys.executable, "-m", f"sparsenet_jax.{command}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(JAX_PLATFORMS=platform),
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: JAX_PLATFORMS={platform}: "), lines
+
+
+@NO_TPU
+def test_a_cpu_run_prints_no_libtpu_chatter(tmp_path):
+    """Issue 18, Noisy: with the [tpu] extra, every CPU run printed `unexpected worker hostname`.
+
+    The run stops in one line right after the backends start (its eval batch
+    is larger than the test set); libtpu is allowed to load despite any lockfile.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "sparsenet_jax.train", "--dataset", "digits",
+         "--model", "sparsenet-7-4", "--eval-batch-size", "1000",
+         "--workdir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(ALLOW_MULTIPLE_LIBTPU_LOAD="1"),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        "error: eval_batch_size 1000 is larger than the 300 test images"
+    ]
