@@ -33,14 +33,16 @@ import jax.export  # jax < 0.8 does not load this submodule with `import jax`
 import jax.numpy as jnp
 
 from sparsenet_jax._files import write_atomic
-from sparsenet_jax.data import dataset_info
+from sparsenet_jax.data import DatasetInfo, dataset_info
 from sparsenet_jax.model.network import SparseNet
 from sparsenet_jax.tools.artifact import identity_digest
 from sparsenet_jax.training import config as config_lib
 from sparsenet_jax.training import identity, memory
-from sparsenet_jax.training.build import Run, build_run
+from sparsenet_jax.training.build import build_run
 from sparsenet_jax.training.checkpoints import Checkpoints
+from sparsenet_jax.training.config import TrainConfig
 from sparsenet_jax.training.errors import TrainingError
+from sparsenet_jax.training.platforms import setup_platforms
 
 DEFAULT_PLATFORMS: tuple[str, ...] = ("cpu", "cuda", "tpu")
 PLATFORMS: tuple[str, ...] = ("cpu", "cuda", "rocm", "tpu")  # what jax.export can lower for
@@ -189,13 +191,16 @@ def export_workdir(
     """
     _check_out(out_path)
     root = pathlib.Path(workdir)
-    saved = _saved_config(root)
+    config, info = _config_of(root, dtype)
     checkpoints = Checkpoints(root)
     if not checkpoints.saved_steps():
         raise ExportError(
             f"no checkpoint in {checkpoints.folder}: train first, or pass another --workdir"
         )
-    run = _build_from_workdir(root, saved, dtype)
+    try:
+        run = build_run(config, jax.devices("cpu")[:1], info=info)
+    except (config_lib.ConfigError, TrainingError) as err:
+        raise ExportError(f"{root / identity.CONFIG_FILE}: {err}") from None
     try:  # the trainer's verified, read-only restore
         restored = checkpoints.restore(run.abstract_state(), step)
     except TrainingError as err:
@@ -244,23 +249,28 @@ def _saved_config(root: pathlib.Path) -> dict[str, Any]:
     return saved
 
 
-def _build_from_workdir(root: pathlib.Path, saved: dict[str, Any], dtype: str) -> Run:
-    """The trainer's run of ``root``, built the one way (``build_run``) from its ``config.json``.
+def _config_of(root: pathlib.Path, dtype: str) -> tuple[TrainConfig, DatasetInfo]:
+    """The config of ``root`` and its data's facts, for ``build_run`` (the one way to build).
 
     The data's facts (classes, image size, mean and std) are those the run
-    recorded, so exporting needs no access to the data.
+    recorded, so exporting needs no access to the data. A config naming a
+    network too big for this machine is refused here, before anything is read
+    or traced (issue 18 item 1).
     """
+    saved = _saved_config(root)
     fields = {k: v for k, v in saved.items() if k != identity.DATA_KEY}
     try:
         # What only training needs (the loader, where it started from) is not checked here.
         overrides = {"dtype": dtype, "init_from": None, "loader": "auto", "restore_step": None}
         config = config_lib.from_dict({**fields, **overrides})
         info = identity.recorded_data(root) or dataset_info(config.dataset)
-        # Issue 18 item 1: a config naming a huge network is refused before anything is traced.
-        memory.check_size(config, devices=1, train=False, info=info)
-        return build_run(config, jax.devices("cpu")[:1], info=info)
-    except (config_lib.ConfigError, TrainingError) as err:
+    except config_lib.ConfigError as err:
         raise ExportError(f"{root / identity.CONFIG_FILE}: {err}") from None
+    try:
+        memory.check_size(config, devices=1, train=False, info=info)
+    except TrainingError as err:
+        raise ExportError(str(err)) from None
+    return config, info
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
     try:
+        setup_platforms()  # one line for a JAX_PLATFORMS this machine lacks; quiet on CPU
         result = export_workdir(
             args.workdir, args.out, step=args.step, dtype=args.dtype, platforms=platforms
         )
