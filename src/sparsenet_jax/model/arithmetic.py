@@ -11,8 +11,11 @@ check of a billion-layer network answers at once (issue 18 item 1).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
+
+import jax.numpy as jnp
 
 from sparsenet_jax.model.network import SparseNet
 from sparsenet_jax.model.schedule import Schedule
@@ -115,3 +118,34 @@ def expected_params(model: SparseNet) -> int:
         total += slope * widths + intercept * n
         previous = out
     return total + _bn(previous) + previous * model.num_classes + model.num_classes
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeBound:
+    """What a step needs at least, from the layout arithmetic alone (nothing traced)."""
+
+    num_params: int
+    state_bytes: int  # float32 parameters (+ gradients and momentum when training)
+    activation_bytes: int  # every layer's output, kept for the backward pass (training only)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.state_bytes + self.activation_bytes
+
+
+def size_bound(model: SparseNet, batch: int, image_size: int, train: bool = True) -> SizeBound:
+    """A lower bound of a step's memory on one device holding ``batch`` images, O(blocks).
+
+    Training holds parameters, gradients and momentum in float32, and each
+    layer's ``k``-channel output at its block's resolution for the backward
+    pass; inference at least the parameters.
+    """
+    num_params = expected_params(model)
+    if not train:
+        return SizeBound(num_params, 4 * num_params, 0)
+    side = math.ceil(image_size / 4) if model.stem == "imagenet" else image_size
+    itemsize = jnp.dtype(model.dtype).itemsize
+    values = 0
+    for b, (_, growth, layers, _) in enumerate(block_layouts(model)):
+        values += layers * growth * (side // 2**b) ** 2
+    return SizeBound(num_params, 3 * 4 * num_params, batch * values * itemsize)

@@ -217,7 +217,6 @@ def build_run(
     """
     if info is None:
         info = data_lib.dataset_info(config.dataset, config.data_dir, config.image_size)
-    check_model(config, info)
     mesh = mesh_lib.data_mesh(devices)
     platform = mesh.devices.flat[0].platform
     config = resolve(config, platform)
@@ -226,6 +225,9 @@ def build_run(
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
 
+    lr = optim.piecewise_lr(config.lr, steps_per_epoch, config.lr_boundaries, config.lr_decay)
+    tx = optim.make_optimizer(lr, config.momentum, config.nesterov, config.weight_decay)
+    check_model(config, info)
     model_kwargs = {
         "in_channels": info.channels,
         "dtype": config.dtype,
@@ -234,8 +236,6 @@ def build_run(
     model = create_model(
         config.model, num_classes=info.num_classes, **{**model_kwargs, "dtype": _dtype(config)}
     )
-    lr = optim.piecewise_lr(config.lr, steps_per_epoch, config.lr_boundaries, config.lr_decay)
-    tx = optim.make_optimizer(lr, config.momentum, config.nesterov, config.weight_decay)
     preprocess = make_preprocess(config, info)
     train_step = steps.make_train_step(model, tx, config.seed, preprocess)
     eval_step = steps.make_eval_step(model, preprocess, top_k=5 if info.num_classes > 10 else 0)

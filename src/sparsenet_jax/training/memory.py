@@ -12,7 +12,6 @@ On TPU, ``python -m sparsenet_jax.aot`` gives the compiler's exact figure.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any
 
@@ -20,8 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsenet_jax import data as data_lib
-from sparsenet_jax.model.arithmetic import block_layouts, expected_params
-from sparsenet_jax.model.network import SparseNet
+from sparsenet_jax.model.arithmetic import SizeBound, size_bound
 from sparsenet_jax.model.presets import create_model
 from sparsenet_jax.training.build import Run
 from sparsenet_jax.training.config import TrainConfig
@@ -80,37 +78,6 @@ def device_capacity(device: jax.Device) -> int | None:
     if device.platform == "cpu":
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return None
-
-
-@dataclasses.dataclass(frozen=True)
-class SizeBound:
-    """What a step needs at least, from the layout arithmetic alone (nothing traced)."""
-
-    num_params: int
-    state_bytes: int  # float32 parameters (+ gradients and momentum when training)
-    activation_bytes: int  # every layer's output, kept for the backward pass (training only)
-
-    @property
-    def total_bytes(self) -> int:
-        return self.state_bytes + self.activation_bytes
-
-
-def size_bound(model: SparseNet, batch: int, image_size: int, train: bool = True) -> SizeBound:
-    """A lower bound of a step's memory on one device holding ``batch`` images, O(blocks).
-
-    Training holds parameters, gradients and momentum in float32, and each
-    layer's ``k``-channel output at its block's resolution for the backward
-    pass; inference at least the parameters.
-    """
-    num_params = expected_params(model)
-    if not train:
-        return SizeBound(num_params, 4 * num_params, 0)
-    side = math.ceil(image_size / 4) if model.stem == "imagenet" else image_size
-    itemsize = jnp.dtype(model.dtype).itemsize
-    values = 0
-    for b, (_, growth, layers, _) in enumerate(block_layouts(model)):
-        values += layers * growth * (side // 2**b) ** 2
-    return SizeBound(num_params, 3 * 4 * num_params, batch * values * itemsize)
 
 
 def check_size(
@@ -186,8 +153,9 @@ def _catalogued_or_least(config: TrainConfig) -> data_lib.DatasetInfo:
 def check_fits(run: Run) -> MemoryEstimate | None:
     """Refuse a run whose train step cannot fit in a device's memory.
 
-    First :func:`size_bound` from the layout arithmetic alone, which refuses a
-    huge network at once; then the estimate with activations, from traced shapes.
+    The estimate with activations, from traced shapes: the second stage, after
+    :func:`check_size` (which the trainer calls first) has refused a network
+    too big even to trace.
 
     Returns:
       The estimate, or None when the device's capacity is unknown.
@@ -199,11 +167,6 @@ def check_fits(run: Run) -> MemoryEstimate | None:
     capacity = device_capacity(device)
     if capacity is None:
         return None
-    per_device = run.config.batch_size // run.mesh.size
-    bound = size_bound(run.model, per_device, run.image_shape[0])
-    if bound.total_bytes > capacity:
-        detail = f"at least {bound.total_bytes / GiB:.1f} GiB"
-        raise _too_big(run, bound.num_params, detail, capacity, device)
     need = estimate(run)
     if need.total_bytes > capacity:
         detail = (
