@@ -103,7 +103,10 @@ def test_batch_not_divisible_by_the_devices_is_refused():
         "from sparsenet_jax.training.build import build_run\n"
         "build_run(digits_config(batch_size=33))\n"
     )
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(pathlib.Path(__file__).parent)}
+    path = os.pathsep.join(
+        filter(None, [str(pathlib.Path(__file__).parent), os.environ.get("PYTHONPATH")])
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )
