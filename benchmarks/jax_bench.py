@@ -9,6 +9,7 @@ FLOPs and memory come from XLA's analysis of the compiled objects.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -179,7 +180,7 @@ def compile_steps(
     return train, evaluate, fields
 
 
-CONV_IMPLS = ("xla", "shift")
+CONV_IMPLS = ("xla", "shift", "shift-dw")
 
 
 def use_conv_impl(impl: str) -> None:
@@ -187,16 +188,18 @@ def use_conv_impl(impl: str) -> None:
 
     ``"xla"``: the model's own (``units.make_conv``: ``nn.Conv``, 1×1 as matmuls).
     ``"shift"``: :func:`sparsenet_jax.model.cpu_conv.make_shift_conv`, whose 3×3
-    convolutions have a two-GEMM backward pass; same parameters. The model has no
+    convolutions have a two-GEMM backward pass; ``"shift-dw"``: the same with only
+    the weight gradient a GEMM (``dx="conv"``); same parameters. The model has no
     option for it yet, so this patches ``network.make_conv`` for the rest of the
     process: call it only in a process of its own (a spawned benchmark worker).
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl {impl!r}: expected one of {', '.join(CONV_IMPLS)}")
-    if impl == "shift":
+    if impl.startswith("shift"):
         from sparsenet_jax.model import cpu_conv, network
 
-        network.make_conv = cpu_conv.make_shift_conv
+        dx = "gemm" if impl == "shift" else "conv"
+        network.make_conv = functools.partial(cpu_conv.make_shift_conv, dx=dx)
 
 
 def prepare_jax(

@@ -39,14 +39,15 @@ def _rel(a: Any, b: Any) -> float:
     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
+@pytest.mark.parametrize("conv", [cpu_conv.shift_conv, cpu_conv.shift_conv_dw])
 @pytest.mark.parametrize("kernel", [3, 5])
 @pytest.mark.parametrize(("dtype", "tol"), [("float64", 1e-10), ("float32", 1e-5)])
-def test_shift_conv_matches_lax_conv(kernel: int, dtype: str, tol: float) -> None:
+def test_shift_conv_matches_lax_conv(conv: Any, kernel: int, dtype: str, tol: float) -> None:
     rng = np.random.default_rng(kernel)
     shape_x, shape_w, shape_g = (3, 7, 6, 5), (kernel, kernel, 5, 4), (3, 7, 6, 4)
     with _x64(dtype == "float64"):
         x, w, g = (jnp.asarray(rng.standard_normal(s), dtype) for s in (shape_x, shape_w, shape_g))
-        ours = _values_and_grads(cpu_conv.shift_conv, x, w, g)
+        ours = _values_and_grads(conv, x, w, g)
         theirs = _values_and_grads(_lax_conv, x, w, g)
         for name, a, b in zip(("y", "dx", "dw"), ours, theirs, strict=True):
             assert a.dtype == b.dtype and a.shape == b.shape, name
@@ -68,10 +69,11 @@ def test_shift_conv_second_use_and_jit() -> None:
         assert _rel(a, b) <= 1e-5
 
 
-def test_shift_conv_module_is_nn_conv() -> None:
-    """Same parameter tree and initial values as ``nn.Conv``, same output."""
+@pytest.mark.parametrize("dx", cpu_conv.DX_IMPLS)
+def test_shift_conv_module_is_nn_conv(dx: str) -> None:
+    """Same parameter tree and initial values as ``nn.Conv``, same output and gradient."""
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 5, 5, 4)), jnp.float32)
-    ours = cpu_conv.ShiftConv(6, (3, 3))
+    ours = cpu_conv.ShiftConv(6, (3, 3), dx)
     theirs = nn.Conv(6, (3, 3), padding=1, use_bias=False, kernel_init=cpu_conv.conv_init)
     params = ours.init(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(
@@ -81,12 +83,19 @@ def test_shift_conv_module_is_nn_conv() -> None:
         params["params"]["kernel"], theirs.init(jax.random.key(0), x)["params"]["kernel"]
     )
     assert _rel(ours.apply(params, x), theirs.apply(params, x)) <= 1e-6
+    grads = [
+        jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (ours, theirs)
+    ]
+    assert _rel(grads[0]["params"]["kernel"], grads[1]["params"]["kernel"]) <= 1e-5
+    with pytest.raises(ValueError, match="expected one of gemm, conv"):
+        cpu_conv.ShiftConv(6, (3, 3), "fft").init(jax.random.key(0), x)
 
 
 def test_make_shift_conv_picks_what_it_supports() -> None:
     build = cpu_conv.make_shift_conv(None, jnp.float32)
     reference = make_conv(None, jnp.float32)
     assert isinstance(build(4, (3, 3), padding=1, name="a"), cpu_conv.ShiftConv)
+    assert cpu_conv.make_shift_conv(None, jnp.float32, dx="conv")(4, (3, 3), padding=1).dx == "conv"
     assert isinstance(build(4, (1, 1), name="b"), PointwiseConv)
     assert isinstance(reference(4, (1, 1), name="b"), PointwiseConv)
     strided = build(4, (7, 7), strides=(2, 2), padding=3, name="c")

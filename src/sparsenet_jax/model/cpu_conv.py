@@ -13,7 +13,9 @@ forward pass (``lax.conv_general_dilated``) and the same parameters, but a
   unit (O = the growth rate) this is much smaller than shifting the input
   (im2col), which would be k·k·I wide;
 * ``dw = xᵀ G``: one GEMM, (I, N·H·W) × (N·H·W, k·k·O);
-* ``dx = G w'``: one GEMM, (N·H·W, k·k·O) × (k·k·O, I), reusing ``G``.
+* ``dx = G w'``: one GEMM, (N·H·W, k·k·O) × (k·k·O, I), reusing ``G``
+  (:func:`shift_conv`); or XLA's own transposed convolution
+  (:func:`shift_conv_dw`, which changes only the weight gradient).
 
 Only stride 1 with padding k // 2 on both sides (odd k) is supported; that is
 every 3×3 convolution of the CIFAR networks. :class:`ShiftConv` is the Flax
@@ -34,7 +36,17 @@ import jax.numpy as jnp
 
 from sparsenet_jax.model.units import PointwiseConv, conv_init
 
-__all__ = ["ShiftConv", "make_shift_conv", "shift_conv", "shifted_stack", "supports"]
+__all__ = [
+    "DX_IMPLS",
+    "ShiftConv",
+    "make_shift_conv",
+    "shift_conv",
+    "shift_conv_dw",
+    "shifted_stack",
+    "supports",
+]
+
+DX_IMPLS = ("gemm", "conv")
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -62,30 +74,50 @@ def shifted_stack(g: jax.Array, kernel: int) -> jax.Array:
     return jnp.concatenate(slices, axis=-1)
 
 
-@jax.custom_vjp
-def shift_conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``lax`` 'same' convolution (NHWC × HWIO, stride 1, padding k // 2), GEMM backward pass."""
-    return _forward(x, w)
+def _weight_grad(x: jax.Array, stack: jax.Array, k: int, cout: int) -> jax.Array:
+    """``dw`` (k, k, I, O) = xᵀ G: one GEMM over the shifted stack ``G`` (N·H·W, k·k·O)."""
+    flat_x = x.reshape(-1, x.shape[-1])
+    dw = jax.lax.dot_general(flat_x, stack, (((0,), (0,)), ((), ())))  # (I, k·k·O)
+    return dw.reshape(x.shape[-1], k, k, cout).transpose(1, 2, 0, 3)
 
 
 def _fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     return _forward(x, w), (x, w)
 
 
-def _bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _bwd_gemm(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, w = res
     k, _, cin, cout = w.shape
-    n, h, wd, _ = x.shape
-    stack = shifted_stack(g.astype(x.dtype), k).reshape(n * h * wd, k * k * cout)
-    flat_x = x.reshape(n * h * wd, cin)
-    dw = jax.lax.dot_general(flat_x, stack, (((0,), (0,)), ((), ())))  # (I, k·k·O)
-    dw = dw.reshape(cin, k, k, cout).transpose(1, 2, 0, 3)
+    stack = shifted_stack(g.astype(x.dtype), k)
+    stack = stack.reshape(-1, k * k * cout)
+    dw = _weight_grad(x, stack, k, cout)
     w_rows = w.transpose(0, 1, 3, 2).reshape(k * k * cout, cin)  # row (i, j, o)
     dx = jax.lax.dot_general(stack, w_rows, (((1,), (0,)), ((), ())))
     return dx.reshape(x.shape).astype(x.dtype), dw.astype(w.dtype)
 
 
-shift_conv.defvjp(_fwd, _bwd)
+def _bwd_dw(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = res
+    k, _, _, cout = w.shape
+    stack = shifted_stack(g.astype(x.dtype), k).reshape(-1, k * k * cout)
+    (dx,) = jax.vjp(lambda x: _forward(x, w), x)[1](g)  # XLA's transposed convolution
+    return dx, _weight_grad(x, stack, k, cout).astype(w.dtype)
+
+
+@jax.custom_vjp
+def shift_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``lax`` 'same' convolution (NHWC × HWIO, stride 1, padding k // 2); both gradients GEMMs."""
+    return _forward(x, w)
+
+
+@jax.custom_vjp
+def shift_conv_dw(x: jax.Array, w: jax.Array) -> jax.Array:
+    """As :func:`shift_conv`, but only the weight gradient is a GEMM (dx: XLA's convolution)."""
+    return _forward(x, w)
+
+
+shift_conv.defvjp(_fwd, _bwd_gemm)
+shift_conv_dw.defvjp(_fwd, _bwd_dw)
 
 
 def supports(kernel_size: Sequence[int], strides: Any = 1, padding: Any = 0) -> bool:
@@ -109,6 +141,7 @@ class ShiftConv(nn.Module):
 
     features: int
     kernel_size: Sequence[int] = (3, 3)
+    dx: str = "gemm"  # the input gradient: "gemm" (shift_conv) or "conv" (shift_conv_dw)
     kernel_init: Callable[..., Any] = conv_init
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -120,13 +153,15 @@ class ShiftConv(nn.Module):
             "kernel", self.kernel_init, (*k, x.shape[-1], self.features), self.param_dtype
         )
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        return shift_conv(x, kernel)
+        if self.dx not in DX_IMPLS:
+            raise ValueError(f"ShiftConv dx {self.dx!r}: expected one of {', '.join(DX_IMPLS)}")
+        return (shift_conv if self.dx == "gemm" else shift_conv_dw)(x, kernel)
 
 
 def make_shift_conv(
-    dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True
+    dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True, dx: str = "gemm"
 ) -> Callable[..., nn.Module]:
-    """``units.make_conv`` with :class:`ShiftConv` for every convolution it supports.
+    """``units.make_conv`` with :class:`ShiftConv` (``dx``) for every convolution it supports.
 
     1×1 stride-1 convolutions stay :class:`~sparsenet_jax.model.units.PointwiseConv`
     (with ``pointwise_as_dot``); the rest (strided stems, 7×7 with stride 2) ``nn.Conv``.
@@ -141,7 +176,7 @@ def make_shift_conv(
         name = kwargs.get("name")
         if not extra and supports(kernel_size, strides, padding):
             return ShiftConv(
-                features, tuple(kernel_size), dtype=dtype, param_dtype=param_dtype, name=name
+                features, tuple(kernel_size), dx, dtype=dtype, param_dtype=param_dtype, name=name
             )
         plain_1x1 = (
             tuple(kernel_size) == (1, 1)
