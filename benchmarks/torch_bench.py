@@ -53,6 +53,7 @@ def prepare_torch(
     dtype: str = "float32",
     compile_mode: str | None = None,
     compile_backend: str = "inductor",
+    count_flops: bool = True,
 ) -> tuple[dict[str, Any], Any, Any]:
     """The peer's steps, ready to time: (fields, ``train_once``, ``eval_once``).
 
@@ -62,7 +63,8 @@ def prepare_torch(
     get the seconds of the first train and eval calls (``*_first_call_s``:
     compilation plus one step). The FLOP count is taken eagerly before that.
     ``compile_backend`` is torch.compile's backend (tests use "eager": no code
-    generation, only the wiring).
+    generation, only the wiring). ``count_flops`` False skips the FLOP count
+    (one eager step: the side-by-side contenders save its time).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -106,9 +108,10 @@ def prepare_torch(
     result["params"] = torch_peer.count_params(net)
     # An independent FLOP count (convs and matmuls only, no BN or elementwise ops)
     # to sanity-check XLA's cost analysis, which counts those too.
-    with FlopCounterMode(display=False) as counter:
-        train_once()
-    result["torch_counted_train_flops"] = counter.get_total_flops()
+    if count_flops:
+        with FlopCounterMode(display=False) as counter:
+            train_once()
+        result["torch_counted_train_flops"] = counter.get_total_flops()
     result["compile_mode"] = compile_mode
     result["compile_backend"] = compile_backend if compile_mode is not None else None
     if compile_mode is not None:
@@ -169,7 +172,7 @@ def torch_contender(
         raise ValueError(f"torch mode {mode!r}: expected one of {', '.join(TORCH_MODES)}")
     compile_mode = "default" if mode == "compile" else None
     result, train_once, eval_once = prepare_torch(
-        name, batch, model_kwargs, seed=seed, compile_mode=compile_mode
+        name, batch, model_kwargs, seed=seed, compile_mode=compile_mode, count_flops=False
     )
     for i in range(warmup):
         start = time.perf_counter()
