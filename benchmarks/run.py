@@ -41,6 +41,7 @@ import json
 import pathlib
 import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -144,6 +145,12 @@ def _parser() -> argparse.ArgumentParser:
         help="side by side: the peer's contenders (default: eager compile)",
     )
     p.add_argument("--rounds", type=int, help="side by side: interleaved rounds (default 5)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        help="side by side: start no round that would end later than this many seconds "
+        "after the start (at least one round runs)",
+    )
     p.add_argument("--out-dir", type=pathlib.Path, default=HERE / "results")
     p.add_argument("--tag", default="", help="suffix of the result file names")
     p.add_argument("--stem", help="the result files' name without extension (overrides --tag)")
@@ -156,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, with ``--quick``'s or the full suite's defaults filled in."""
     args = _parser().parse_args(argv)
+    args.started = time.monotonic()
     quick = args.quick
     args.presets = args.presets or list(QUICK_PRESETS if quick else DEFAULT_PRESETS)
     args.repeats = args.repeats or (2 if quick else 5)
@@ -261,6 +269,7 @@ def new_results(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[st
             "wait_idle_s": args.wait_idle,
             "side_by_side": args.side_by_side,
             "rounds": args.rounds,
+            "max_seconds": args.max_seconds,
             "conv_impls": args.conv_impls,
             "torch_modes": args.torch_modes,
         },
@@ -313,7 +322,8 @@ def side_by_side(args: argparse.Namespace, name: str) -> dict[str, Any]:
             row["contenders"][label] = c.info
             row["setup_loadavg"][label] = load_average()
         log(f"{name}: {args.rounds} interleaved rounds of {args.steps} step(s) per kind")
-        row["times"] = interleave(contenders, args.rounds, args.steps)
+        deadline = None if args.max_seconds is None else args.started + args.max_seconds
+        row["times"] = interleave(contenders, args.rounds, args.steps, deadline=deadline)
     finally:
         for c in contenders:
             c.close()

@@ -190,19 +190,31 @@ class Contender:
 
 
 def interleave(
-    contenders: list[Contender], rounds: int, steps: int, kinds: tuple[str, ...] = ("train", "eval")
+    contenders: list[Contender],
+    rounds: int,
+    steps: int,
+    kinds: tuple[str, ...] = ("train", "eval"),
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """``rounds`` rounds; in each, every contender times ``steps`` calls of each kind in turn.
+
+    With ``deadline`` (a ``time.monotonic()`` value), no round starts that the
+    last round's duration says would end after it; the first round always runs.
 
     Returns, per kind, per contender label: the seconds per call of every round
     (``seconds``), the other processes' load during each window
     (``background_cores``) and the 1-minute load average after it (``loadavg``).
     """
+    last_round_s = 0.0
     out: dict[str, Any] = {
         kind: {c.label: {"seconds": [], "background_cores": [], "loadavg": []} for c in contenders}
         for kind in kinds
     }
     for r in range(rounds):
+        begin = time.monotonic()
+        if r and deadline is not None and begin + last_round_s > deadline:
+            log(f"  stopping after {r} round(s): the time budget is spent")
+            break
         for kind in kinds:
             for c in contenders:
                 window = c.window(kind, steps)
@@ -214,6 +226,7 @@ def interleave(
             f"{c.label} {out[kinds[0]][c.label]['seconds'][-1]:.2f} s" for c in contenders
         )
         log(f"  round {r + 1}/{rounds} ({kinds[0]}): {last}; load {load_average():.2f}")
+        last_round_s = time.monotonic() - begin
     return out
 
 
