@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--conv-impls",
-        nargs="+",
+        nargs="*",
         default=["xla"],
         choices=CONV_IMPLS,
         help="side by side: our contenders (xla: the model's convolutions; shift: "

@@ -349,3 +349,56 @@ def test_peer_torch_compile_wiring() -> None:
     eval_once()
     with pytest.raises(ValueError, match="expected one of eager, compile"):
         torch_bench.torch_contender("sparsenet-13-6", mode="max-autotune")
+
+
+def test_interleave_takes_turns_and_stops_at_the_deadline() -> None:
+    timing = _load("timing")
+    calls: list[tuple[str, str]] = []
+
+    class Fake:
+        def __init__(self, label: str) -> None:
+            self.label = label
+
+        def window(self, kind: str, steps: int) -> dict[str, float]:
+            calls.append((self.label, kind))
+            return {"seconds": 0.5 if self.label == "a" else 1.0, "background_cores": 0.0}
+
+    fakes = [Fake("a"), Fake("b")]
+    out = timing.interleave(fakes, rounds=3, steps=1)
+    assert calls[:4] == [("a", "train"), ("b", "train"), ("a", "eval"), ("b", "eval")]
+    assert len(out["train"]["a"]["seconds"]) == 3 and len(out["eval"]["b"]["loadavg"]) == 3
+    assert timing.ratios(out["train"], "a", "b") == [2.0, 2.0, 2.0]
+    calls.clear()
+    out = timing.interleave(fakes, rounds=3, steps=1, deadline=0.0)  # already past: one round
+    assert len(out["train"]["a"]["seconds"]) == 1 and len(calls) == 4
+
+
+def test_profile_step_groups_the_ops_of_a_traced_step() -> None:
+    """``profile_step.py`` on a tiny preset: the trace's ops are matched with the HLO."""
+    profile_step = _load("profile_step")
+    out = profile_step.profile("sparsenet-13-6", 8, "shift-dw")
+    assert out["threads"] >= 1 and 0 < out["busy_share"] <= 1.5
+    groups = out["groups"]
+    assert "dot" in groups  # the GEMM weight gradients of shift-dw
+    assert any(g.startswith("convolution, window 3x3") for g in groups)
+    assert groups.get("unmatched", {"ms": 0.0})["ms"] < 0.5 * out["op_ms"]
+
+
+def test_profile_step_classifies_hlo_instructions() -> None:
+    profile_step = _load("profile_step")
+    hlo = "\n".join(
+        [
+            "%fused_dw (p0: f32[8,4,4,3], p1: f32[8,4,4,2]) -> f32[3,3,3,2] {",
+            "  ROOT %c = f32[3,3,3,2]{3,2,1,0} convolution(%p0, %p1), window={size=4x4 pad=1_1x1_1}",
+            "}",
+            "ENTRY %main (a: f32[8,4,4,3]) -> f32[3,3,3,2] {",
+            "  %ynn_fusion.1 = f32[3,3,3,2]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%fused_dw",
+            "  %transpose.2 = f32[3,2]{1,0} transpose(%x), dimensions={1,0}",
+            "  ROOT %concatenate.3 = f32[6,2]{1,0} concatenate(%y, %z), dimensions={0}",
+            "}",
+        ]
+    )
+    kinds = profile_step.hlo_kinds(hlo)
+    assert kinds["ynn_fusion.1"] == "convolution, window 4x4"
+    assert kinds["transpose.2"] == "transpose/copy"
+    assert kinds["concatenate.3"] == "concatenate"
