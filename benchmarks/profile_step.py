@@ -11,7 +11,7 @@ compiled HLO (``compiled.as_text()``) and grouped: a convolution by its
 window (a weight gradient is the convolution whose window is the image, e.g.
 32x32), a ``dot``, a concatenate, a transpose/copy, other fusions. It prints
 each group's milliseconds and share of op time, and the threads' busy share:
-op time ÷ (threads × the step's wall time). On a busy machine, a thread that
+op time ÷ (threads × the program's wall time, the client's wait for it). On a busy machine, a thread that
 the OS takes away counts as busy inside an op and as idle between ops.
 """
 
@@ -76,17 +76,24 @@ def trace_ops(step: Any, directory: str) -> tuple[dict[str, float], dict[str, in
     import jax
     from jax.profiler import ProfileData
 
-    start = time.perf_counter()
     jax.profiler.start_trace(directory)
+    start = time.perf_counter()
     step()
+    wall = time.perf_counter() - start  # the fallback: with the tracer's own overhead
     jax.profiler.stop_trace()
-    wall = time.perf_counter() - start
     (path,) = pathlib.Path(directory).rglob("*.xplane.pb")
     ms: dict[str, float] = collections.defaultdict(float)
     calls: collections.Counter[str] = collections.Counter()
     threads = set()
+    executed = 0.0  # the client's wait for the whole program: the step's wall time
     for plane in ProfileData.from_file(str(path)).planes:
         for line in plane.lines:
+            if line.name.startswith("tf_XLAPjRtCpuClient"):
+                executed += sum(
+                    e.duration_ns / 1e9
+                    for e in line.events
+                    if e.name.startswith("ThunkExecutor::Execute (wait")
+                )
             if not line.name.startswith("tf_XLAEigen"):
                 continue
             threads.add(line.name)
@@ -95,7 +102,7 @@ def trace_ops(step: Any, directory: str) -> tuple[dict[str, float], dict[str, in
                     continue
                 ms[event.name] += event.duration_ns / 1e6
                 calls[event.name] += 1
-    return dict(ms), dict(calls), wall, len(threads)
+    return dict(ms), dict(calls), executed or wall, len(threads)
 
 
 def profile(preset: str, batch: int, conv_impl: str) -> dict[str, Any]:
