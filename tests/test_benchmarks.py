@@ -215,7 +215,9 @@ def test_bench_config_takes_dtype_from_model_kwargs() -> None:
     sorted(
         p.stem
         for p in (BENCH_DIR / "results").glob("*.json")
-        if p.with_suffix(".md").exists() and not p.name.startswith(("tpu-", "imagenet-input"))
+        if p.with_suffix(".md").exists()
+        and not p.name.startswith(("tpu-", "imagenet-input"))
+        and p.name != "cpu-peers-2026-11-27.json"  # the runs' files combined; its .md is prose
     ),
 )
 def test_report_renders_the_recorded_results_unchanged(stem: str) -> None:
