@@ -9,13 +9,14 @@ FLOPs and memory come from XLA's analysis of the compiled objects.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
 import numpy as np
 
 from machine import BusyMeter, log, peak_rss_mib
-from timing import Repeats, time_train_eval
+from timing import Repeats, register_steps, time_train_eval
 
 RECIPE = "cifar10"  # 32×32×3 uint8 images, 10 classes: the networks' CIFAR shape
 MiB = 2**20
@@ -179,16 +180,34 @@ def compile_steps(
     return train, evaluate, fields
 
 
-def bench_jax(
-    name: str,
-    batch: int = 64,
-    model_kwargs: dict[str, Any] | None = None,
-    how: Repeats | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Parameters, FLOPs, compile time, memory and train/eval images/s of our steps.
+CONV_IMPLS = ("xla", "shift", "shift-dw")
 
-    ``how`` says how to time them (default :class:`timing.Repeats`).
+
+def use_conv_impl(impl: str) -> None:
+    """Build every model of this process with ``impl``'s convolutions.
+
+    ``"xla"``: the model's own (``units.make_conv``: ``nn.Conv``, 1×1 as matmuls).
+    ``"shift"``: :func:`sparsenet_jax.model.cpu_conv.make_shift_conv`, whose 3×3
+    convolutions have a two-GEMM backward pass; ``"shift-dw"``: the same with only
+    the weight gradient a GEMM (``dx="conv"``); same parameters. The model has no
+    option for it yet, so this patches ``network.make_conv`` for the rest of the
+    process: call it only in a process of its own (a spawned benchmark worker).
+    """
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl {impl!r}: expected one of {', '.join(CONV_IMPLS)}")
+    if impl.startswith("shift"):
+        from sparsenet_jax.model import cpu_conv, network
+
+        dx = "gemm" if impl == "shift" else "conv"
+        network.make_conv = functools.partial(cpu_conv.make_shift_conv, dx=dx)
+
+
+def prepare_jax(
+    name: str, batch: int = 64, model_kwargs: dict[str, Any] | None = None, seed: int = 0
+) -> tuple[dict[str, Any], Any, Any]:
+    """Build and compile our steps: (fields, ``train_once``, ``eval_once``).
+
+    The fields: preset, batch, devices, init_s, params and those of :func:`compile_steps`.
     """
     import jax
 
@@ -215,12 +234,52 @@ def bench_jax(
         jax.block_until_ready(evaluate(holder["state"], eval_data))
 
     log(f"  jax {name}: compiled in {result['train_compile_s']:.1f} s")
+    return result, train_once, eval_once
+
+
+def bench_jax(
+    name: str,
+    batch: int = 64,
+    model_kwargs: dict[str, Any] | None = None,
+    how: Repeats | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Parameters, FLOPs, compile time, memory and train/eval images/s of our steps.
+
+    ``how`` says how to time them (default :class:`timing.Repeats`).
+    """
+    result, train_once, eval_once = prepare_jax(name, batch, model_kwargs, seed)
     result.update(time_train_eval(f"jax {name}", train_once, eval_once, how or Repeats(), batch))
     for kind in ("train", "eval"):
         count = result[f"{kind}_flops"]
         step_s = result[f"{kind}_step_s"]
         result[f"{kind}_gflops_per_s"] = count / step_s / 1e9 if count is not None else None
     result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def jax_contender(
+    name: str,
+    batch: int = 64,
+    model_kwargs: dict[str, Any] | None = None,
+    conv_impl: str = "xla",
+    warmup: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Set up our steps in this (spawned) process for :func:`timing.interleave`.
+
+    Returns the fields of :func:`prepare_jax` with ``framework``, ``conv_impl``
+    and ``compile_s`` (trace + lower + compile of the train step, then the eval
+    step's), after ``warmup`` calls of each step.
+    """
+    use_conv_impl(conv_impl)
+    result, train_once, eval_once = prepare_jax(name, batch, model_kwargs, seed)
+    for _ in range(warmup):
+        train_once()
+        eval_once()
+    register_steps(train=train_once, eval=eval_once)
+    result.update(framework="jax", conv_impl=conv_impl, peak_rss_mib=peak_rss_mib())
+    result["train_compile_total_s"] = result["train_lower_s"] + result["train_compile_s"]
     return result
 
 

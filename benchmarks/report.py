@@ -163,8 +163,77 @@ def sweep_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+SIDE_BY_SIDE_NOTES = (
+    "Side by side (`run.py --side-by-side`): every contender lives in its own process "
+    "for the whole comparison; they are set up (compiled) one after another, then timed "
+    "in interleaved rounds, each round one window of train steps and one of eval steps "
+    "per contender, one contender computing at a time. *img/s* = batch ÷ the median "
+    "window; *×* columns = the median over rounds of the per-round ratio (theirs s ÷ "
+    "ours s; > 1: the row is faster), robust to a load that changes between rounds. "
+    "*compile s*: ours = trace + lower + XLA compile of the train step (eval step in "
+    "brackets); torch.compile = its first train call (eval in brackets), compilation "
+    "plus one step, with whatever inductor's on-disk cache already held. *load* = the "
+    "1-minute load average after each window (min–max) and *elsewhere* the most cores "
+    "other processes used during a window: the windows were not discarded when busy."
+)
+
+
+def _compile_cell(info: dict[str, Any]) -> str:
+    if info.get("framework") == "jax":
+        return f"{fmt(info.get('train_compile_total_s'))} ({fmt(info.get('eval_lower_compile_s'))})"
+    if info.get("compile_mode"):
+        return f"{fmt(info.get('train_first_call_s'))} ({fmt(info.get('eval_first_call_s'))})"
+    return "—"
+
+
+def side_by_side_table(results: dict[str, Any]) -> list[str]:
+    """One table per preset and step kind: every contender against every other."""
+    lines: list[str] = []
+    for entry in results.get("side_by_side", []):
+        labels = list(entry["contenders"])
+        for kind, by_label in entry.get("summary", {}).items():
+            lines += ["", f"## {entry['preset']}: {kind} step, side by side", ""]
+            columns = ["contender", "img/s", *(f"× {o}" for o in labels), "compile s"]
+            lines += table_head([*columns, "load", "elsewhere"])
+            for label in labels:
+                cell = by_label[label]
+                ratios = ["—" if o == label else f"{cell['vs'][o]:.2f}" for o in labels]
+                low, high = cell["loadavg_range"]
+                lines.append(
+                    row(
+                        [
+                            label,
+                            fmt(cell["images_per_s"]),
+                            *ratios,
+                            _compile_cell(entry["contenders"][label]),
+                            f"{low:.1f}–{high:.1f}",
+                            fmt(cell["max_background_cores"], 2),
+                        ]
+                    )
+                )
+    return lines
+
+
+def side_by_side_header(results: dict[str, Any]) -> list[str]:
+    info, ver, cfg = results["machine"], results["versions"], results["config"]
+    return [
+        f"# Side by side {results['date']} — {info['cpu']}, {info['cores']} cores",
+        "",
+        f"- command: `{results['command']}`",
+        f"- git: {results.get('git')}; jax {ver.get('jax')}, jaxlib {ver.get('jaxlib')}, "
+        f"flax {ver.get('flax')}, torch {ver.get('torch')}, python {ver.get('python')}",
+        f"- batch {cfg['batch']} × 32×32×3, {cfg.get('dtype')}; {cfg.get('rounds')} "
+        f"interleaved rounds × {cfg['steps']} steps after {cfg['warmup']} warm-up steps; "
+        f"model kwargs {json.dumps(cfg['model_kwargs'])}",
+    ]
+
+
 def to_markdown(results: dict[str, Any]) -> str:
-    """The results as markdown: header, our numbers, ours vs the peer, compile-time sweep."""
+    """The results as markdown: header, our numbers, ours vs the peer, compile-time sweep
+    (or, for ``--side-by-side`` files, the side-by-side tables)."""
+    if "side_by_side" in results:
+        lines = side_by_side_header(results) + side_by_side_table(results)
+        return "\n".join([*lines, "", SIDE_BY_SIDE_NOTES, ""])
     lines = header(results) + ours_table(results) + peer_table(results) + sweep_table(results)
     return "\n".join([*lines, "", NOTES, ""])
 

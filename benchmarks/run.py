@@ -5,6 +5,15 @@ Usage (from the repository root)::
     python benchmarks/run.py --quick      # a few minutes: 2 presets, short sweep
     python benchmarks/run.py              # the full suite (see benchmarks/RESULTS.md)
     python benchmarks/run.py --presets sparsenet-40-24 --model-kwargs '{"dtype": "bfloat16"}'
+    python benchmarks/run.py --side-by-side --presets sparsenet-40-24 --conv-impls xla shift
+
+``--side-by-side`` is the comparison for a busy machine: ours (one contender
+per ``--conv-impls``) and the peer eager and under ``torch.compile`` (default
+mode), each in its own process kept alive for the whole comparison, timed
+in interleaved rounds (``timing.interleave``), so that every contender sees
+the same load; ratios are the median of the per-round ratios. It reports each
+contender's compile time (ours: trace + lower + compile; ``torch.compile``:
+its first call) and does not wait for a quiet machine.
 
 For every preset (batch 64 of 32×32×3 uint8 images, float32 compute) it
 measures the trainer's own train and eval steps (``build_run`` on the cifar10
@@ -30,11 +39,21 @@ import dataclasses
 import datetime as dt
 import json
 import pathlib
+import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jax_bench import DEFAULT_DTYPE, bench_config, bench_jax, compile_point, matmul_peak
+from jax_bench import (
+    CONV_IMPLS,
+    DEFAULT_DTYPE,
+    bench_config,
+    bench_jax,
+    compile_point,
+    jax_contender,
+    matmul_peak,
+)
 from machine import (
     HERE,
     background_cores,
@@ -46,8 +65,8 @@ from machine import (
     wait_for_idle,
 )
 from report import to_markdown
-from timing import Repeats, in_process, run_isolated
-from torch_bench import bench_torch
+from timing import Contender, Repeats, in_process, interleave, load_average, ratios, run_isolated
+from torch_bench import TORCH_MODES, bench_torch, torch_contender
 
 DEFAULT_PRESETS = (
     "sparsenet-40-24",
@@ -104,8 +123,37 @@ def _parser() -> argparse.ArgumentParser:
         default=3,
         help="compile a disturbed compile-time point again, up to this many times",
     )
+    p.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="ours vs the peer eager and under torch.compile, interleaved in long-lived "
+        "processes (no matmul peak, no sweep)",
+    )
+    p.add_argument(
+        "--conv-impls",
+        nargs="*",
+        default=["xla"],
+        choices=CONV_IMPLS,
+        help="side by side: our contenders (xla: the model's convolutions; shift: "
+        "cpu_conv's GEMM backward pass)",
+    )
+    p.add_argument(
+        "--torch-modes",
+        nargs="*",
+        default=list(TORCH_MODES),
+        choices=TORCH_MODES,
+        help="side by side: the peer's contenders (default: eager compile)",
+    )
+    p.add_argument("--rounds", type=int, help="side by side: interleaved rounds (default 5)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        help="side by side: start no round that would end later than this many seconds "
+        "after the start (at least one round runs)",
+    )
     p.add_argument("--out-dir", type=pathlib.Path, default=HERE / "results")
     p.add_argument("--tag", default="", help="suffix of the result file names")
+    p.add_argument("--stem", help="the result files' name without extension (overrides --tag)")
     p.add_argument(
         "--in-process", action="store_true", help="no subprocesses (debugging; RSS is cumulative)"
     )
@@ -115,11 +163,13 @@ def _parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, with ``--quick``'s or the full suite's defaults filled in."""
     args = _parser().parse_args(argv)
+    args.started = time.monotonic()
     quick = args.quick
     args.presets = args.presets or list(QUICK_PRESETS if quick else DEFAULT_PRESETS)
     args.repeats = args.repeats or (2 if quick else 5)
     args.steps = args.steps or (1 if quick else 2)
     args.warmup = args.warmup if args.warmup is not None else (1 if quick else 2)
+    args.rounds = args.rounds or (2 if quick else 5)
     if args.sweep_sparse is None:
         args.sweep_sparse = list(QUICK_SWEEP_SPARSE if quick else DEFAULT_SWEEP_SPARSE)
     if args.sweep_dense is None:
@@ -217,6 +267,11 @@ def new_results(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[st
             "quick": args.quick,
             "max_background_cores": args.max_background,
             "wait_idle_s": args.wait_idle,
+            "side_by_side": args.side_by_side,
+            "rounds": args.rounds,
+            "max_seconds": args.max_seconds,
+            "conv_impls": args.conv_impls,
+            "torch_modes": args.torch_modes,
         },
         "presets": [],
         "compile_sweep": [],
@@ -229,11 +284,71 @@ def write_results(results: dict[str, Any], args: argparse.Namespace) -> pathlib.
     stem = f"{results['date'][:10]}-{machine_slug(results['machine'])}"
     stem += "-quick" if args.quick else ""
     stem += f"-{args.tag}" if args.tag else ""
+    stem = args.stem or stem
     json_path, md_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(to_markdown(results))
     log(f"wrote {json_path} and {md_path}")
     return json_path
+
+
+def contender_label(framework: str, kind: str) -> str:
+    """``jax (xla conv)``, ``jax (shift conv)``, ``torch eager``, ``torch.compile``."""
+    if framework == "jax":
+        return f"jax ({kind} conv)"
+    return "torch eager" if kind == "eager" else "torch.compile"
+
+
+def side_by_side(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """One preset: every contender set up in turn (so compilations do not overlap),
+    then ``--rounds`` interleaved rounds of ``--steps`` train and eval steps each."""
+    plan: list[tuple[str, Callable[..., dict[str, Any]], dict[str, Any]]] = [
+        (contender_label("jax", impl), jax_contender, {"conv_impl": impl})
+        for impl in args.conv_impls
+    ]
+    plan += [
+        (contender_label("torch", mode), torch_contender, {"mode": mode})
+        for mode in args.torch_modes
+    ]
+    row: dict[str, Any] = {"preset": name, "contenders": {}, "setup_loadavg": {}}
+    contenders: list[Contender] = []
+    try:
+        for label, setup, extra in plan:
+            log(f"{name}: setting up {label} (load average {load_average():.2f})")
+            c = Contender(
+                label, setup, name, args.batch, args.model_kwargs, warmup=args.warmup, **extra
+            )
+            contenders.append(c)
+            row["contenders"][label] = c.info
+            row["setup_loadavg"][label] = load_average()
+        log(f"{name}: {args.rounds} interleaved rounds of {args.steps} step(s) per kind")
+        deadline = None if args.max_seconds is None else args.started + args.max_seconds
+        row["times"] = interleave(contenders, args.rounds, args.steps, deadline=deadline)
+    finally:
+        for c in contenders:
+            c.close()
+    row["summary"] = summarize(row["times"], args.batch)
+    return row
+
+
+def summarize(times: dict[str, Any], batch: int) -> dict[str, Any]:
+    """Per kind and contender: median images/s, the load, and the median per-round
+    speed ratio against every other contender (``vs``: theirs s ÷ ours s)."""
+    out: dict[str, Any] = {}
+    for kind, by_label in times.items():
+        out[kind] = {}
+        for label, row in by_label.items():
+            out[kind][label] = {
+                "images_per_s": batch / statistics.median(row["seconds"]),
+                "max_background_cores": max(row["background_cores"]),
+                "loadavg_range": [min(row["loadavg"]), max(row["loadavg"])],
+                "vs": {
+                    other: statistics.median(ratios(by_label, label, other))
+                    for other in by_label
+                    if other != label
+                },
+            }
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -244,6 +359,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     suite, results = Suite(args), new_results(args, argv)
     info = results["machine"]
+    if args.side_by_side:
+        log(
+            f"machine: {info['cpu']}, {info['cores']} cores; side by side: {', '.join(args.presets)}"
+        )
+        results["side_by_side"] = [side_by_side(args, name) for name in args.presets]
+        write_results(results, args)
+        print(to_markdown(results), flush=True)
+        return results
     log(f"machine: {info['cpu']}, {info['cores']} cores; presets: {', '.join(args.presets)}")
     log("matmul peak")
     results["matmul_peak"] = suite.call(

@@ -132,3 +132,104 @@ def run_isolated(fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -
 def in_process(fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """``fn(*args, **kwargs)`` here (debugging: RSS and caches accumulate)."""
     return fn(*args, **kwargs)
+
+
+# Side by side: each contender (a framework and its settings) lives in its own spawned
+# process for the whole comparison, and the driver asks each in turn for one timed window,
+# so that a machine whose load changes (other developers' jobs) slows every contender
+# alike. Only one contender computes at a time; the others wait on their pipe.
+
+_STEPS: dict[str, Callable[[], Any]] = {}
+
+
+def register_steps(**steps: Callable[[], Any]) -> None:
+    """Keep this process's step closures (``train=…, eval=…``) for :func:`timed_window`."""
+    _STEPS.update(steps)
+
+
+def timed_window(kind: str, steps: int) -> dict[str, float]:
+    """``steps`` calls of the registered step ``kind``: seconds per call and the load meanwhile."""
+    with BusyMeter() as meter:
+        for _ in range(steps):
+            _STEPS[kind]()
+    return {"seconds": meter.seconds / steps, "background_cores": meter.cores}
+
+
+def load_average() -> float:
+    """The 1-minute load average (``/proc/loadavg``; NaN where there is none)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return float("nan")
+
+
+class Contender:
+    """One benchmark kept alive in a fresh spawned process between calls.
+
+    ``setup(*args, **kwargs)`` runs there first (build, compile, warm up, and
+    :func:`register_steps`); its result is :attr:`info`. Then :meth:`window`
+    times the registered steps on request.
+    """
+
+    def __init__(self, label: str, setup: Callable[..., dict[str, Any]], *a: Any, **k: Any):
+        self.label = label
+        ctx = mp.get_context("spawn")
+        self.pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+        try:
+            self.info: dict[str, Any] = self.pool.submit(setup, *a, **k).result()
+        except Exception as err:
+            self.pool.shutdown(cancel_futures=True)
+            raise RuntimeError(f"{label}: {type(err).__name__}: {err}") from err
+
+    def window(self, kind: str, steps: int) -> dict[str, float]:
+        return self.pool.submit(timed_window, kind, steps).result()
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+def interleave(
+    contenders: list[Contender],
+    rounds: int,
+    steps: int,
+    kinds: tuple[str, ...] = ("train", "eval"),
+    deadline: float | None = None,
+) -> dict[str, Any]:
+    """``rounds`` rounds; in each, every contender times ``steps`` calls of each kind in turn.
+
+    With ``deadline`` (a ``time.monotonic()`` value), no round starts that the
+    last round's duration says would end after it; the first round always runs.
+
+    Returns, per kind, per contender label: the seconds per call of every round
+    (``seconds``), the other processes' load during each window
+    (``background_cores``) and the 1-minute load average after it (``loadavg``).
+    """
+    last_round_s = 0.0
+    out: dict[str, Any] = {
+        kind: {c.label: {"seconds": [], "background_cores": [], "loadavg": []} for c in contenders}
+        for kind in kinds
+    }
+    for r in range(rounds):
+        begin = time.monotonic()
+        if r and deadline is not None and begin + last_round_s > deadline:
+            log(f"  stopping after {r} round(s): the time budget is spent")
+            break
+        for kind in kinds:
+            for c in contenders:
+                window = c.window(kind, steps)
+                row = out[kind][c.label]
+                row["seconds"].append(window["seconds"])
+                row["background_cores"].append(window["background_cores"])
+                row["loadavg"].append(load_average())
+        last = ", ".join(
+            f"{c.label} {out[kinds[0]][c.label]['seconds'][-1]:.2f} s" for c in contenders
+        )
+        log(f"  round {r + 1}/{rounds} ({kinds[0]}): {last}; load {load_average():.2f}")
+        last_round_s = time.monotonic() - begin
+    return out
+
+
+def ratios(times: dict[str, Any], label: str, base: str) -> list[float]:
+    """Per-round speed of ``label`` over ``base`` (base seconds ÷ label seconds; > 1 = faster)."""
+    return [b / a for a, b in zip(times[label]["seconds"], times[base]["seconds"], strict=True)]

@@ -1,4 +1,4 @@
-"""The PyTorch peer's side of the benchmarks: the same network, eager, train and eval images/s.
+"""The PyTorch peer's side of the benchmarks: the same network, eager or ``torch.compile``'d.
 
 The network is ``torch_peer.from_jax_model`` of the model our run would
 build (same preset, dataset shape and overrides, checked by
@@ -9,13 +9,14 @@ augmentation, which our step does on device.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 
 from jax_bench import bench_config, fake_arrays
-from machine import machine_info, peak_rss_mib
-from timing import Repeats, time_train_eval
+from machine import log, machine_info, peak_rss_mib
+from timing import Repeats, register_steps, time_train_eval
 
 
 def peer_network(
@@ -39,23 +40,31 @@ def peer_network(
     return config, torch_peer.from_jax_model(model)
 
 
-def bench_torch(
+TORCH_MODES = ("eager", "compile")
+
+
+def prepare_torch(
     name: str,
     batch: int = 64,
     model_kwargs: dict[str, Any] | None = None,
-    how: Repeats | None = None,
     threads: int | None = None,
     seed: int = 0,
     device: str = "cpu",
     dtype: str = "float32",
-) -> dict[str, Any]:
-    """Train and eval images/s of the PyTorch eager peer of one preset.
+    compile_mode: str | None = None,
+    compile_backend: str = "inductor",
+    count_flops: bool = True,
+) -> tuple[dict[str, Any], Any, Any]:
+    """The peer's steps, ready to time: (fields, ``train_once``, ``eval_once``).
 
-    ``how`` says how to time them (default :class:`timing.Repeats`); ``threads``
-    defaults to every core this process may use. ``device`` is a torch device
-    ("cuda" for a GPU: each timed call waits for the GPU to finish); ``dtype``
-    "bfloat16" runs the forward pass under ``torch.autocast`` with float32
-    parameters, PyTorch's counterpart of our bf16 compute with fp32 parameters.
+    ``compile_mode`` None runs the network eagerly; otherwise it is wrapped in
+    ``torch.compile(net, mode=compile_mode)`` ("default", "max-autotune", …) as a
+    user would, the loss and the optimiser step staying eager, and the fields
+    get the seconds of the first train and eval calls (``*_first_call_s``:
+    compilation plus one step). The FLOP count is taken eagerly before that.
+    ``compile_backend`` is torch.compile's backend (tests use "eager": no code
+    generation, only the wiring). ``count_flops`` False skips the FLOP count
+    (one eager step: the side-by-side contenders save its time).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -79,16 +88,17 @@ def bench_torch(
     low = dtype != "float32"
     autocast = lambda: torch.autocast(x.device.type, getattr(torch, dtype), enabled=low)  # noqa: E731
     wait = torch.cuda.synchronize if x.device.type == "cuda" else lambda: None
+    model = net
 
     def train_once() -> None:
         net.train()
-        torch_peer.train_step(net, opt, x, y, autocast())
+        torch_peer.train_step(model, opt, x, y, autocast())
         wait()
 
     def eval_once() -> None:
         net.eval()
         with torch.inference_mode(), autocast():
-            net(x)
+            model(x)
         wait()
 
     result: dict[str, Any] = {"preset": name, "threads": threads, "device": str(x.device)}
@@ -98,10 +108,78 @@ def bench_torch(
     result["params"] = torch_peer.count_params(net)
     # An independent FLOP count (convs and matmuls only, no BN or elementwise ops)
     # to sanity-check XLA's cost analysis, which counts those too.
-    with FlopCounterMode(display=False) as counter:
-        train_once()
-    result["torch_counted_train_flops"] = counter.get_total_flops()
-    label = f"torch {name} ({threads} threads)"
+    if count_flops:
+        with FlopCounterMode(display=False) as counter:
+            train_once()
+        result["torch_counted_train_flops"] = counter.get_total_flops()
+    result["compile_mode"] = compile_mode
+    result["compile_backend"] = compile_backend if compile_mode is not None else None
+    if compile_mode is not None:
+        model = torch.compile(net, mode=compile_mode, backend=compile_backend)
+        for kind, once in (("train", train_once), ("eval", eval_once)):
+            start = time.perf_counter()
+            once()
+            result[f"{kind}_first_call_s"] = time.perf_counter() - start
+            log(f"  torch.compile {name}: first {kind} call {result[f'{kind}_first_call_s']:.1f} s")
+    return result, train_once, eval_once
+
+
+def bench_torch(
+    name: str,
+    batch: int = 64,
+    model_kwargs: dict[str, Any] | None = None,
+    how: Repeats | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    compile_mode: str | None = None,
+) -> dict[str, Any]:
+    """Train and eval images/s of the PyTorch peer of one preset, eager or compiled.
+
+    ``how`` says how to time them (default :class:`timing.Repeats`); ``threads``
+    defaults to every core this process may use. ``device`` is a torch device
+    ("cuda" for a GPU: each timed call waits for the GPU to finish); ``dtype``
+    "bfloat16" runs the forward pass under ``torch.autocast`` with float32
+    parameters, PyTorch's counterpart of our bf16 compute with fp32 parameters.
+    ``compile_mode``: see :func:`prepare_torch`.
+    """
+    result, train_once, eval_once = prepare_torch(
+        name, batch, model_kwargs, threads, seed, device, dtype, compile_mode
+    )
+    kind = "torch" if compile_mode is None else f"torch.compile({compile_mode})"
+    label = f"{kind} {name} ({result['threads']} threads)"
     result.update(time_train_eval(label, train_once, eval_once, how or Repeats(), batch))
     result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def torch_contender(
+    name: str,
+    batch: int = 64,
+    model_kwargs: dict[str, Any] | None = None,
+    mode: str = "eager",
+    warmup: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Set up the peer's steps in this (spawned) process for :func:`timing.interleave`.
+
+    ``mode`` is "eager" or "compile" (``torch.compile``'s default mode). Returns
+    the fields of :func:`prepare_torch` after ``warmup`` more calls of each step;
+    for "compile", ``train_second_call_s`` too (a recompilation would show there).
+    """
+    if mode not in TORCH_MODES:
+        raise ValueError(f"torch mode {mode!r}: expected one of {', '.join(TORCH_MODES)}")
+    compile_mode = "default" if mode == "compile" else None
+    result, train_once, eval_once = prepare_torch(
+        name, batch, model_kwargs, seed=seed, compile_mode=compile_mode, count_flops=False
+    )
+    for i in range(warmup):
+        start = time.perf_counter()
+        train_once()
+        if i == 0:
+            result["train_second_call_s"] = time.perf_counter() - start
+        eval_once()
+    register_steps(train=train_once, eval=eval_once)
+    result.update(framework="torch", mode=mode, peak_rss_mib=peak_rss_mib())
     return result

@@ -215,7 +215,9 @@ def test_bench_config_takes_dtype_from_model_kwargs() -> None:
     sorted(
         p.stem
         for p in (BENCH_DIR / "results").glob("*.json")
-        if p.with_suffix(".md").exists() and not p.name.startswith(("tpu-", "imagenet-input"))
+        if p.with_suffix(".md").exists()
+        and not p.name.startswith(("tpu-", "imagenet-input"))
+        and p.name != "cpu-peers-2026-11-27.json"  # the runs' files combined; its .md is prose
     ),
 )
 def test_report_renders_the_recorded_results_unchanged(stem: str) -> None:
@@ -286,3 +288,119 @@ def test_ablation_times_variants_round_robin(tmp_path) -> None:
         assert row["step_s"] > 0 and row["temp_mib"] > 0 and row["train_flops"] > 0
     # A dense block holds more activations than a sparse one of the same depth.
     assert rows[2]["temp_mib"] > rows[0]["temp_mib"]
+
+
+def test_side_by_side_interleaves_our_conv_impls(tmp_path) -> None:
+    """``run.py --side-by-side`` without the peer: both conv impls of ours, long-lived
+    processes, interleaved rounds, the files; the shift conv changes no parameter."""
+    run = _load("run")
+    argv = ["--side-by-side", "--presets", "sparsenet-13-6", "--batch", "8", "--rounds", "2"]
+    argv += ["--steps", "1", "--warmup", "1", "--conv-impls", "xla", "shift", "--torch-modes"]
+    results = run.main([*argv, "--out-dir", str(tmp_path), "--stem", "peers"])
+    (entry,) = results["side_by_side"]
+    labels = ["jax (xla conv)", "jax (shift conv)"]
+    assert list(entry["contenders"]) == labels
+    xla, shift = (entry["contenders"][label] for label in labels)
+    assert xla["params"] == shift["params"] == _jax_param_count(sj.create_model("sparsenet-13-6"))
+    assert shift["conv_impl"] == "shift" and xla["train_compile_total_s"] > 0
+    for kind in ("train", "eval"):
+        for label in labels:
+            assert len(entry["times"][kind][label]["seconds"]) == 2
+            assert entry["summary"][kind][label]["images_per_s"] > 0
+        assert list(entry["summary"][kind][labels[0]]["vs"]) == [labels[1]]
+    assert json.loads((tmp_path / "peers.json").read_text()) == results
+    table = (tmp_path / "peers.md").read_text()
+    assert table == _load("report").to_markdown(results)
+    assert "## sparsenet-13-6: train step, side by side" in table
+    assert "| jax (shift conv) |" in table
+
+
+def test_side_by_side_summary_is_the_median_per_round_ratio() -> None:
+    run = _load("run")
+    times = {
+        "train": {
+            "a": {"seconds": [1.0, 2.0, 4.0], "background_cores": [0, 1, 0], "loadavg": [2, 3, 4]},
+            "b": {"seconds": [2.0, 2.0, 2.0], "background_cores": [0, 0, 0], "loadavg": [2, 3, 4]},
+        }
+    }
+    summary = run.summarize(times, batch=8)["train"]
+    assert summary["a"]["images_per_s"] == 4.0 and summary["b"]["images_per_s"] == 4.0
+    assert summary["a"]["vs"]["b"] == 1.0  # per round 2, 1, 0.5: median 1
+    assert summary["b"]["vs"]["a"] == 1.0
+    assert summary["a"]["max_background_cores"] == 1 and summary["a"]["loadavg_range"] == [2, 4]
+    assert run.contender_label("jax", "shift") == "jax (shift conv)"
+    assert run.contender_label("torch", "compile") == "torch.compile"
+
+
+def test_use_conv_impl_rejects_an_unknown_impl() -> None:
+    with pytest.raises(ValueError, match="expected one of xla, shift"):
+        _load("jax_bench").use_conv_impl("winograd")
+
+
+def test_peer_torch_compile_wiring() -> None:
+    """``prepare_torch`` with torch.compile (backend "eager": the wiring, no code generation)."""
+    pytest.importorskip("torch")
+    torch_bench = _load("torch_bench")
+    result, train_once, eval_once = torch_bench.prepare_torch(
+        "sparsenet-13-6", batch=8, compile_mode="default", compile_backend="eager"
+    )
+    assert result["compile_mode"] == "default" and result["compile_backend"] == "eager"
+    assert result["train_first_call_s"] > 0 and result["eval_first_call_s"] > 0
+    assert result["torch_counted_train_flops"] > 0
+    train_once()
+    eval_once()
+    with pytest.raises(ValueError, match="expected one of eager, compile"):
+        torch_bench.torch_contender("sparsenet-13-6", mode="max-autotune")
+
+
+def test_interleave_takes_turns_and_stops_at_the_deadline() -> None:
+    timing = _load("timing")
+    calls: list[tuple[str, str]] = []
+
+    class Fake:
+        def __init__(self, label: str) -> None:
+            self.label = label
+
+        def window(self, kind: str, steps: int) -> dict[str, float]:
+            calls.append((self.label, kind))
+            return {"seconds": 0.5 if self.label == "a" else 1.0, "background_cores": 0.0}
+
+    fakes = [Fake("a"), Fake("b")]
+    out = timing.interleave(fakes, rounds=3, steps=1)
+    assert calls[:4] == [("a", "train"), ("b", "train"), ("a", "eval"), ("b", "eval")]
+    assert len(out["train"]["a"]["seconds"]) == 3 and len(out["eval"]["b"]["loadavg"]) == 3
+    assert timing.ratios(out["train"], "a", "b") == [2.0, 2.0, 2.0]
+    calls.clear()
+    out = timing.interleave(fakes, rounds=3, steps=1, deadline=0.0)  # already past: one round
+    assert len(out["train"]["a"]["seconds"]) == 1 and len(calls) == 4
+
+
+def test_profile_step_groups_the_ops_of_a_traced_step() -> None:
+    """``profile_step.py`` on a tiny preset: the trace's ops are matched with the HLO."""
+    profile_step = _load("profile_step")
+    out = profile_step.profile("sparsenet-13-6", 8, "shift-dw")
+    assert out["threads"] >= 1 and 0 < out["busy_share"] <= 1.5
+    groups = out["groups"]
+    assert "dot" in groups  # the GEMM weight gradients of shift-dw
+    assert any(g.startswith("convolution, window 3x3") for g in groups)
+    assert groups.get("unmatched", {"ms": 0.0})["ms"] < 0.5 * out["op_ms"]
+
+
+def test_profile_step_classifies_hlo_instructions() -> None:
+    profile_step = _load("profile_step")
+    hlo = "\n".join(
+        [
+            "%fused_dw (p0: f32[8,4,4,3], p1: f32[8,4,4,2]) -> f32[3,3,3,2] {",
+            "  ROOT %c = f32[3,3,3,2]{3,2,1,0} convolution(%p0, %p1), window={size=4x4 pad=1_1x1_1}",
+            "}",
+            "ENTRY %main (a: f32[8,4,4,3]) -> f32[3,3,3,2] {",
+            "  %ynn_fusion.1 = f32[3,3,3,2]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%fused_dw",
+            "  %transpose.2 = f32[3,2]{1,0} transpose(%x), dimensions={1,0}",
+            "  ROOT %concatenate.3 = f32[6,2]{1,0} concatenate(%y, %z), dimensions={0}",
+            "}",
+        ]
+    )
+    kinds = profile_step.hlo_kinds(hlo)
+    assert kinds["ynn_fusion.1"] == "convolution, window 4x4"
+    assert kinds["transpose.2"] == "transpose/copy"
+    assert kinds["concatenate.3"] == "concatenate"

@@ -1,0 +1,191 @@
+"""A k×k 'same' convolution whose backward pass is two GEMMs over a shifted output gradient.
+
+XLA:CPU computes the weight gradient of a small 3×3 convolution through a
+generic convolution kernel that reaches 2–16 GFLOP/s on the 2-core
+development machine, against 40–70 for the forward pass
+(``benchmarks/results/conv-kernels.json``). :func:`shift_conv` has the same
+forward pass (``lax.conv_general_dilated``) and the same parameters, but a
+:func:`jax.custom_vjp` backward pass written as matrix products:
+
+* the output gradient ``g`` (N, H, W, O) is shifted k·k ways, with zeros
+  where a shift leaves the image, and stacked on the channel axis:
+  ``G`` (N·H·W, k·k·O). For the narrow outputs of a DenseNet or SparseNet
+  unit (O = the growth rate) this is much smaller than shifting the input
+  (im2col), which would be k·k·I wide;
+* ``dw = xᵀ G``: one GEMM, (I, N·H·W) × (N·H·W, k·k·O);
+* ``dx = G w'``: one GEMM, (N·H·W, k·k·O) × (k·k·O, I), reusing ``G``
+  (:func:`shift_conv`); or XLA's own transposed convolution
+  (:func:`shift_conv_dw`, which changes only the weight gradient).
+
+Only stride 1 with padding k // 2 on both sides (odd k) is supported; that is
+every 3×3 convolution of the CIFAR networks. :class:`ShiftConv` is the Flax
+module (parameter ``kernel`` of shape (k, k, I, O), like ``nn.Conv`` without
+bias), and :func:`make_shift_conv` a conv factory with the signature of
+:func:`sparsenet_jax.model.units.make_conv` that builds it where it applies.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sparsenet_jax.model.units import PointwiseConv, conv_init
+
+__all__ = [
+    "DX_IMPLS",
+    "ShiftConv",
+    "make_shift_conv",
+    "shift_conv",
+    "shift_conv_dw",
+    "shifted_stack",
+    "supports",
+]
+
+DX_IMPLS = ("gemm", "conv")
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _forward(x: jax.Array, w: jax.Array) -> jax.Array:
+    pad = w.shape[0] // 2
+    return jax.lax.conv_general_dilated(x, w, (1, 1), [(pad, pad)] * 2, dimension_numbers=_DIMS)
+
+
+def shifted_stack(g: jax.Array, kernel: int) -> jax.Array:
+    """``g`` (N, H, W, O) shifted by every kernel offset: (N, H, W, k·k·O).
+
+    Slice (i, j) holds ``g[n, h - (i - p), w - (j - p)]`` (zero outside the
+    image, p = k // 2), so that ``dw[i, j] = Σ x ⊗ slice(i, j)`` and
+    ``dx = Σ slice(i, j) · w[i, j]ᵀ``.
+    """
+    _, h, w, _ = g.shape
+    p = kernel // 2
+    padded = jnp.pad(g, ((0, 0), (p, p), (p, p), (0, 0)))
+    slices = [
+        padded[:, 2 * p - i : 2 * p - i + h, 2 * p - j : 2 * p - j + w, :]
+        for i in range(kernel)
+        for j in range(kernel)
+    ]
+    return jnp.concatenate(slices, axis=-1)
+
+
+def _weight_grad(x: jax.Array, stack: jax.Array, k: int, cout: int) -> jax.Array:
+    """``dw`` (k, k, I, O) = xᵀ G: one GEMM over the shifted stack ``G`` (N·H·W, k·k·O)."""
+    flat_x = x.reshape(-1, x.shape[-1])
+    dw = jax.lax.dot_general(flat_x, stack, (((0,), (0,)), ((), ())))  # (I, k·k·O)
+    return dw.reshape(x.shape[-1], k, k, cout).transpose(1, 2, 0, 3)
+
+
+def _fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _forward(x, w), (x, w)
+
+
+def _bwd_gemm(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = res
+    k, _, cin, cout = w.shape
+    stack = shifted_stack(g.astype(x.dtype), k)
+    stack = stack.reshape(-1, k * k * cout)
+    dw = _weight_grad(x, stack, k, cout)
+    w_rows = w.transpose(0, 1, 3, 2).reshape(k * k * cout, cin)  # row (i, j, o)
+    dx = jax.lax.dot_general(stack, w_rows, (((1,), (0,)), ((), ())))
+    return dx.reshape(x.shape).astype(x.dtype), dw.astype(w.dtype)
+
+
+def _bwd_dw(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = res
+    k, _, _, cout = w.shape
+    stack = shifted_stack(g.astype(x.dtype), k).reshape(-1, k * k * cout)
+    (dx,) = jax.vjp(lambda x: _forward(x, w), x)[1](g)  # XLA's transposed convolution
+    return dx, _weight_grad(x, stack, k, cout).astype(w.dtype)
+
+
+@jax.custom_vjp
+def shift_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``lax`` 'same' convolution (NHWC × HWIO, stride 1, padding k // 2); both gradients GEMMs."""
+    return _forward(x, w)
+
+
+@jax.custom_vjp
+def shift_conv_dw(x: jax.Array, w: jax.Array) -> jax.Array:
+    """As :func:`shift_conv`, but only the weight gradient is a GEMM (dx: XLA's convolution)."""
+    return _forward(x, w)
+
+
+shift_conv.defvjp(_fwd, _bwd_gemm)
+shift_conv_dw.defvjp(_fwd, _bwd_dw)
+
+
+def supports(kernel_size: Sequence[int], strides: Any = 1, padding: Any = 0) -> bool:
+    """Whether :func:`shift_conv` computes this ``nn.Conv``: square odd kernel, stride 1,
+    symmetric padding k // 2 (an int, or "SAME")."""
+    k = tuple(kernel_size)
+    if len(k) != 2 or k[0] != k[1] or k[0] % 2 != 1 or k[0] == 1:
+        return False
+    if strides not in (1, (1, 1)):
+        return False
+    half = k[0] // 2
+    return padding in (half, "SAME", ((half, half), (half, half)), [(half, half), (half, half)])
+
+
+class ShiftConv(nn.Module):
+    """``nn.Conv(features, (k, k), padding=k // 2, use_bias=False)`` with the GEMM backward pass.
+
+    Same parameter (``kernel``, shape (k, k, in, out)), initialiser and result;
+    only the gradient's HLO differs (see the module docstring).
+    """
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    dx: str = "gemm"  # the input gradient: "gemm" (shift_conv) or "conv" (shift_conv_dw)
+    kernel_init: Callable[..., Any] = conv_init
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = tuple(self.kernel_size)
+        kernel = self.param(
+            "kernel", self.kernel_init, (*k, x.shape[-1], self.features), self.param_dtype
+        )
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        if self.dx not in DX_IMPLS:
+            raise ValueError(f"ShiftConv dx {self.dx!r}: expected one of {', '.join(DX_IMPLS)}")
+        return (shift_conv if self.dx == "gemm" else shift_conv_dw)(x, kernel)
+
+
+def make_shift_conv(
+    dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True, dx: str = "gemm"
+) -> Callable[..., nn.Module]:
+    """``units.make_conv`` with :class:`ShiftConv` (``dx``) for every convolution it supports.
+
+    1×1 stride-1 convolutions stay :class:`~sparsenet_jax.model.units.PointwiseConv`
+    (with ``pointwise_as_dot``); the rest (strided stems, 7×7 with stride 2) ``nn.Conv``.
+    """
+    conv = functools.partial(
+        nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype
+    )
+
+    def build(features: int, kernel_size: Sequence[int], **kwargs: Any) -> nn.Module:
+        extra = set(kwargs) - {"name", "strides", "padding"}
+        strides, padding = kwargs.get("strides", 1), kwargs.get("padding", 0)
+        name = kwargs.get("name")
+        if not extra and supports(kernel_size, strides, padding):
+            return ShiftConv(
+                features, tuple(kernel_size), dx, dtype=dtype, param_dtype=param_dtype, name=name
+            )
+        plain_1x1 = (
+            tuple(kernel_size) == (1, 1)
+            and not extra
+            and strides in (1, (1, 1))
+            and padding in (0, "VALID", "SAME")
+        )
+        if pointwise_as_dot and plain_1x1:
+            return PointwiseConv(features, dtype=dtype, param_dtype=param_dtype, name=name)
+        return conv(features, kernel_size, **kwargs)
+
+    return build

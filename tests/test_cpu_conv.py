@@ -1,0 +1,117 @@
+"""The GEMM-backward convolution equals lax.conv: forward, input and weight gradients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparsenet_jax.model import cpu_conv
+from sparsenet_jax.model.units import PointwiseConv, make_conv
+
+
+def _lax_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    pad = w.shape[0] // 2
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), [(pad, pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _x64(on: bool) -> Any:
+    """float64 on (jax 0.10: ``jax.enable_x64``; jax 0.7: ``jax.experimental.enable_x64``)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(on)
+    from jax import experimental
+
+    return getattr(experimental, "enable_x64")(on)  # noqa: B009 (absent from jax 0.10's stubs)
+
+
+def _values_and_grads(fn: Any, x: jax.Array, w: jax.Array, g: jax.Array) -> tuple[Any, ...]:
+    y, vjp = jax.vjp(fn, x, w)
+    return (y, *vjp(g))
+
+
+def _rel(a: Any, b: Any) -> float:
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+@pytest.mark.parametrize("conv", [cpu_conv.shift_conv, cpu_conv.shift_conv_dw])
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize(("dtype", "tol"), [("float64", 1e-10), ("float32", 1e-5)])
+def test_shift_conv_matches_lax_conv(conv: Any, kernel: int, dtype: str, tol: float) -> None:
+    rng = np.random.default_rng(kernel)
+    shape_x, shape_w, shape_g = (3, 7, 6, 5), (kernel, kernel, 5, 4), (3, 7, 6, 4)
+    with _x64(dtype == "float64"):
+        x, w, g = (jnp.asarray(rng.standard_normal(s), dtype) for s in (shape_x, shape_w, shape_g))
+        ours = _values_and_grads(conv, x, w, g)
+        theirs = _values_and_grads(_lax_conv, x, w, g)
+        for name, a, b in zip(("y", "dx", "dw"), ours, theirs, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+            assert _rel(a, b) <= tol, (name, _rel(a, b))
+
+
+def test_shift_conv_second_use_and_jit() -> None:
+    """Under jit and inside a larger function (the gradient flows through a ReLU)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 6)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 6, 3)), jnp.float32)
+
+    def loss(conv: Any, x: jax.Array, w: jax.Array) -> jax.Array:
+        return jnp.sum(jax.nn.relu(conv(x, w)) ** 2)
+
+    ours = jax.jit(jax.grad(lambda x, w: loss(cpu_conv.shift_conv, x, w), (0, 1)))(x, w)
+    theirs = jax.grad(lambda x, w: loss(_lax_conv, x, w), (0, 1))(x, w)
+    for a, b in zip(ours, theirs, strict=True):
+        assert _rel(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("dx", cpu_conv.DX_IMPLS)
+def test_shift_conv_module_is_nn_conv(dx: str) -> None:
+    """Same parameter tree and initial values as ``nn.Conv``, same output and gradient."""
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 5, 5, 4)), jnp.float32)
+    ours = cpu_conv.ShiftConv(6, (3, 3), dx)
+    theirs = nn.Conv(6, (3, 3), padding=1, use_bias=False, kernel_init=cpu_conv.conv_init)
+    params = ours.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+        jnp.shape, theirs.init(jax.random.key(0), x)
+    )
+    np.testing.assert_array_equal(
+        params["params"]["kernel"], theirs.init(jax.random.key(0), x)["params"]["kernel"]
+    )
+    assert _rel(ours.apply(params, x), theirs.apply(params, x)) <= 1e-6
+    grads = [
+        jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (ours, theirs)
+    ]
+    assert _rel(grads[0]["params"]["kernel"], grads[1]["params"]["kernel"]) <= 1e-5
+    with pytest.raises(ValueError, match="expected one of gemm, conv"):
+        cpu_conv.ShiftConv(6, (3, 3), "fft").init(jax.random.key(0), x)
+
+
+def test_make_shift_conv_picks_what_it_supports() -> None:
+    build = cpu_conv.make_shift_conv(None, jnp.float32)
+    reference = make_conv(None, jnp.float32)
+    assert isinstance(build(4, (3, 3), padding=1, name="a"), cpu_conv.ShiftConv)
+    assert cpu_conv.make_shift_conv(None, jnp.float32, dx="conv")(4, (3, 3), padding=1).dx == "conv"
+    assert isinstance(build(4, (1, 1), name="b"), PointwiseConv)
+    assert isinstance(reference(4, (1, 1), name="b"), PointwiseConv)
+    strided = build(4, (7, 7), strides=(2, 2), padding=3, name="c")
+    assert isinstance(strided, nn.Conv) and not isinstance(strided, cpu_conv.ShiftConv)
+    assert isinstance(build(4, (3, 3), padding=0), nn.Conv)  # 'valid': not supported
+    assert type(cpu_conv.make_shift_conv(None, jnp.float32, False)(4, (1, 1))) is nn.Conv
+    assert cpu_conv.supports((3, 3), 1, "SAME") and not cpu_conv.supports((3, 3), 2, 1)
+    assert not cpu_conv.supports((3, 5), 1, 1) and not cpu_conv.supports((1, 1), 1, 0)
+
+
+def test_shifted_stack_offsets() -> None:
+    g = jnp.arange(2 * 4 * 4 * 1, dtype=jnp.float32).reshape(2, 4, 4, 1)
+    stack = cpu_conv.shifted_stack(g, 3)
+    assert stack.shape == (2, 4, 4, 9)
+    # slice (i, j) = g[h - (i - 1), w - (j - 1)]: the centre slice is g itself
+    np.testing.assert_array_equal(stack[..., 4], g[..., 0])
+    np.testing.assert_array_equal(stack[:, :-1, :-1, 0], g[:, 1:, 1:, 0])  # (i, j) = (0, 0)
+    np.testing.assert_array_equal(stack[:, -1, :, 0], 0.0)
+    np.testing.assert_array_equal(stack[:, 1:, 1:, 8], g[:, :-1, :-1, 0])  # (i, j) = (2, 2)
