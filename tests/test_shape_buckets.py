@@ -181,3 +181,29 @@ def test_channel_bucket_is_checked():
         sj.create_model("sparsenet-25-6", channel_bucket=1.5)
     with pytest.raises(ValueError, match="pad"):
         pad_channels(jnp.ones((1, 2, 2, 8)), 4)
+
+
+def test_random_crop_is_the_per_example_dynamic_slice():
+    """data.augment's crop (static slices and selects) equals vmap(dynamic_slice), same numbers."""
+    from sparsenet_jax.data import augment
+
+    images = jax.random.randint(jax.random.key(0), (16, 32, 32, 3), 0, 256).astype(jnp.uint8)
+
+    def reference(rng, images, pad, flip):  # the crop as it was: vmap of dynamic_slice
+        n, h, w, c = images.shape
+        crop_key, flip_key = jax.random.split(rng)
+        padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
+        out = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
+            padded, offsets
+        )
+        if not flip:
+            return out
+        mirror = jax.random.bernoulli(flip_key, 0.5, (n,))
+        return jnp.where(mirror[:, None, None, None], out[:, :, ::-1], out)
+
+    for seed, pad, flip in ((0, 4, True), (1, 4, True), (2, 4, False), (3, 2, False), (4, 1, True)):
+        rng = jax.random.key(seed)
+        got = jax.jit(augment, static_argnames=("pad", "flip"))(rng, images, pad=pad, flip=flip)
+        assert got.dtype == jnp.uint8
+        chex.assert_trees_all_equal(got, reference(rng, images, pad, flip))
