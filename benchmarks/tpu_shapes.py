@@ -14,7 +14,9 @@ read from the optimised HLO (``compiled.as_text()``):
   removed (the compiler generates code for each distinct one; issue 19);
   ``conv_fusions`` / ``distinct_conv_fusions``: those that contain a convolution;
 * ``estimated_cycles``: the sum of the compiler's ``estimated_cycles`` over
-  the fusions, a ``while`` body's counted ``known_trip_count`` times.
+  the fusions, a ``while`` body's counted ``known_trip_count`` times, once
+  where the HLO gives no trip count (``uncounted_loops`` says how many such
+  loops there are: the gather of ``vmap(dynamic_slice)`` is one, 64 trips).
 """
 
 from __future__ import annotations
@@ -78,9 +80,10 @@ def hlo_counts(hlo: str) -> dict[str, Any]:
                 fused.add(m[1])
     fusions, convs = [], []
     cycles = 0.0
+    uncounted = 0
 
     def walk(name: str, times: float) -> None:
-        nonlocal cycles
+        nonlocal cycles, uncounted
         for line in comps.get(name, []):
             if " fusion(" in line and (m := re.search(r"calls=%([\w.\-]+)", line)):
                 kind = re.search(r"kind=(\w+)", line)
@@ -92,6 +95,7 @@ def hlo_counts(hlo: str) -> dict[str, Any]:
                     cycles += times * float(c[1])
             elif " while(" in line and (b := re.search(r"body=%([\w.\-]+)", line)):
                 trips = _TRIPS.search(line)
+                uncounted += trips is None
                 walk(b[1], times * (float(trips[1]) if trips else 1.0))
             elif " conditional(" in line or " call(" in line:
                 for callee in re.findall(r"%([\w.\-]+)", line.split("(", 1)[1]):
@@ -109,6 +113,7 @@ def hlo_counts(hlo: str) -> dict[str, Any]:
         "conv_fusions": len(convs),
         "distinct_conv_fusions": len(set(convs)),
         "estimated_cycles": cycles,
+        "uncounted_loops": uncounted,
     }
 
 
