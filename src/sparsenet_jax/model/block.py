@@ -96,6 +96,16 @@ class AggregationBlock(nn.Module):
     for TPU): in float32 its rounding puts one leaf of the reference SGD step
     (sparsenet-bc-46-6) at 2.2% of the update, over the 2% bound that catches a
     wrong optimizer convention.
+
+    ``channel_bucket`` (concatenation, unrolled; 0 = off): each unit's input is
+    padded, after its first BatchNorm and ReLU, with zero channels up to the
+    next multiple of ``channel_bucket``, and its first convolution's kernel with
+    zero rows in the forward pass (:class:`~sparsenet_jax.units.PaddedConv`).
+    Same parameters, same function; units whose inputs differ in width then
+    run first convolutions of a few shapes, and the TPU compiler, whose time
+    grows with the number of distinct fusions, generates each one once. On a
+    TPU a channel axis occupies 128 lanes anyway, so 128 costs little there
+    (``benchmarks/results/tpu-compile-notes.md``).
     """
 
     num_layers: int
@@ -106,6 +116,7 @@ class AggregationBlock(nn.Module):
     impl: BlockImpl = "unrolled"
     remat: bool = False
     share_stats: bool = False
+    channel_bucket: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -129,12 +140,20 @@ class AggregationBlock(nn.Module):
             and self.aggregation == "concat"
             and not self.is_initializing()
         )
+        bucket = (
+            self.channel_bucket
+            if self.aggregation == "concat" and not self.is_initializing()
+            else 0
+        )
         outputs, stats = [x], [channel_stats(x) if share else None]
         for layer in range(1, self.num_layers + 1):
             reads = self.schedule.inputs(layer)
             layer_input = _aggregate([outputs[i] for i in reads], self.aggregation)
             layer_stats = concat_stats([stats[i] for i in reads]) if share else None  # type: ignore[misc]
-            y = unit_cls(self.growth_rate, name=f"block-{layer}")(layer_input, train, layer_stats)
+            pad = {"pad_to": -(-layer_input.shape[-1] // bucket) * bucket} if bucket else {}
+            y = unit_cls(self.growth_rate, name=f"block-{layer}", **pad)(
+                layer_input, train, layer_stats
+            )
             outputs.append(y)
             stats.append(channel_stats(y) if share else None)
         return _aggregate(

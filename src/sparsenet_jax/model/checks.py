@@ -96,6 +96,10 @@ def _check_ranges(model: SparseNet) -> None:
                 f"with summation the stem must be as wide as the first block "
                 f"({growths[0]}), got stem_channels={stem}"
             )
+    if not _is_int(model.channel_bucket) or model.channel_bucket < 0:
+        raise ValueError(
+            f"channel_bucket must be 0 (off) or a positive width, got {model.channel_bucket!r}"
+        )
     if model.unit == "res_bottleneck" and any(g % 4 for g in growths):
         raise ValueError(f"res_bottleneck widths must be multiples of 4, got {growths}")
 

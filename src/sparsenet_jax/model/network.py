@@ -69,6 +69,11 @@ class SparseNet(nn.Module):
         statistics once and hand them to every unit that reads it (concatenating
         blocks, unrolled); the same function, fewer reductions and bytes moved.
         ``build_run`` turns it on for TPU unless ``model_kwargs`` says otherwise.
+      channel_bucket: 0 (off) or a width, e.g. 128: in concatenating blocks
+        (unrolled), each unit's input is padded after its first BatchNorm and
+        ReLU with zero channels to a multiple of it, and its first kernel with
+        zero rows in the forward pass; the same parameters and function, and
+        convolutions of a few shapes instead of one a layer (TPU compile time).
     """
 
     block_sizes: Sequence[int]
@@ -88,6 +93,7 @@ class SparseNet(nn.Module):
     remat: bool = False
     pointwise_as_dot: bool = True
     share_stats: bool = False
+    channel_bucket: int = 0
 
     def __post_init__(self) -> None:
         validate_module(self)
@@ -204,6 +210,7 @@ class SparseNet(nn.Module):
                 impl=self.block_impl,
                 remat=self.remat,
                 share_stats=self.share_stats,
+                channel_bucket=self.channel_bucket,
                 name=f"dense-stage-{i}",
             )(x, train)
             maps.append(x)
