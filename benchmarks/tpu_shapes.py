@@ -30,8 +30,9 @@ from typing import Any
 
 import jax
 
-from sparsenet_jax import aot, flags
-from sparsenet_jax.build import build_run
+from sparsenet_jax.tools import aot
+from sparsenet_jax.training import flags
+from sparsenet_jax.training.build import build_run
 
 _COMP = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
 _NAME = re.compile(r"%[\w.\-]+")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import pytest
 
 import sparsenet_jax as sj
-from sparsenet_jax.units import PaddedConv, PointwiseConv, pad_channels
+from sparsenet_jax.model.units import PaddedConv, PointwiseConv, pad_channels
 
 SLOW = pytest.mark.slow
 

@@ -100,7 +100,7 @@ class AggregationBlock(nn.Module):
     ``channel_bucket`` (concatenation, unrolled; 0 = off): each unit's input is
     padded, after its first BatchNorm and ReLU, with zero channels up to the
     next multiple of ``channel_bucket``, and its first convolution's kernel with
-    zero rows in the forward pass (:class:`~sparsenet_jax.units.PaddedConv`).
+    zero rows in the forward pass (:class:`~sparsenet_jax.model.units.PaddedConv`).
     Same parameters, same function; units whose inputs differ in width then
     run first convolutions of a few shapes, and the TPU compiler, whose time
     grows with the number of distinct fusions, generates each one once. On a
