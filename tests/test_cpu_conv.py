@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -115,3 +116,26 @@ def test_shifted_stack_offsets() -> None:
     np.testing.assert_array_equal(stack[:, :-1, :-1, 0], g[:, 1:, 1:, 0])  # (i, j) = (0, 0)
     np.testing.assert_array_equal(stack[:, -1, :, 0], 0.0)
     np.testing.assert_array_equal(stack[:, 1:, 1:, 8], g[:, :-1, :-1, 0])  # (i, j) = (2, 2)
+
+
+def test_conv_impl_shift_dw_is_the_same_network():
+    """The model option: same parameters, same logits and gradients as the XLA convolutions."""
+    import sparsenet_jax as sj
+
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    plain = sj.create_model("sparsenet-13-6")
+    shifted = sj.create_model("sparsenet-13-6", conv_impl="shift-dw")
+    variables = sj.init_variables(plain, seed=0)
+    chex.assert_trees_all_equal_shapes(variables, sj.init_variables(shifted, seed=0))
+
+    def loss(params, model):
+        out, _ = model.apply(
+            {**variables, "params": params}, images, train=True, mutable=["batch_stats"]
+        )
+        return jnp.sum(out**2)
+
+    want = jax.grad(loss)(variables["params"], plain)
+    got = jax.grad(loss)(variables["params"], shifted)
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        sj.create_model("sparsenet-13-6", conv_impl="fast")

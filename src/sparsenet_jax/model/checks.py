@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from sparsenet_jax.model.block import AGGREGATIONS, BLOCK_IMPLS, UNIT_KINDS
 from sparsenet_jax.model.schedule import Schedule
+from sparsenet_jax.model.units import CONV_IMPLS
 
 # The network is passed in as `Any`: importing its class here, even for typing only,
 # would tie this module and network.py in a circle.
@@ -100,6 +101,12 @@ def _check_ranges(model: SparseNet) -> None:
         raise ValueError(
             f"channel_bucket must be 0 (off) or a positive width, got {model.channel_bucket!r}"
         )
+    if model.conv_impl not in CONV_IMPLS:
+        raise ValueError(
+            f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {model.conv_impl!r}"
+        )
+    if model.conv_impl != "xla" and model.channel_bucket:
+        raise ValueError("channel_bucket needs conv_impl 'xla'")
     if model.unit == "res_bottleneck" and any(g % 4 for g in growths):
         raise ValueError(f"res_bottleneck widths must be multiples of 4, got {growths}")
 

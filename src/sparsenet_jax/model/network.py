@@ -74,6 +74,9 @@ class SparseNet(nn.Module):
         ReLU with zero channels to a multiple of it, and its first kernel with
         zero rows in the forward pass; the same parameters and function, and
         convolutions of a few shapes instead of one a layer (TPU compile time).
+      conv_impl: ``"xla"``, or ``"shift-dw"``: 3×3 weight gradients as one GEMM
+        over the shifted output gradient (same function and parameters; a 1.3×
+        faster train step on XLA:CPU, not measured on GPU or TPU).
     """
 
     block_sizes: Sequence[int]
@@ -92,6 +95,7 @@ class SparseNet(nn.Module):
     block_impl: BlockImpl = "unrolled"
     remat: bool = False
     pointwise_as_dot: bool = True
+    conv_impl: str = "xla"
     share_stats: bool = False
     channel_bucket: int = 0
 
@@ -178,7 +182,7 @@ class SparseNet(nn.Module):
         self, x: jax.Array, train: bool, output: Literal["logits", "features", "maps"]
     ) -> jax.Array | list[jax.Array]:
         self._check_input(x)
-        conv = make_conv(self.dtype, self.param_dtype, self.pointwise_as_dot)
+        conv = make_conv(self.dtype, self.param_dtype, self.pointwise_as_dot, self.conv_impl)
         norm = make_norm(train, self.dtype, self.param_dtype)
         unit_cls = UNIT_CLASSES[self.unit]
 

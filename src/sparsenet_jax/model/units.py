@@ -36,7 +36,7 @@ class PointwiseConv(nn.Module):
     the gradient of a 1×1 convolution through its generic convolution
     kernels, several times slower than the matmul it is (see
     ``benchmarks/RESULTS.md``). On GPU and TPU both are expected to become the
-    same GEMM (not measured yet: no accelerator was available).
+    same GEMM (not measured: the GPU table times whole steps, not this choice).
     """
 
     features: int
@@ -110,10 +110,18 @@ class PaddedConv(nn.Module):
         )
 
 
+CONV_IMPLS = ("xla", "shift-dw")
+
+
 def make_conv(
-    dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True
+    dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True, conv_impl: str = "xla"
 ) -> Callable[..., nn.Module]:
     """A conv factory, ``conv(features, kernel_size, **kwargs)``, for the units.
+
+    ``conv_impl="shift-dw"`` computes 3×3 weight gradients as one GEMM over
+    the shifted output gradient (:mod:`~sparsenet_jax.model.cpu_conv`): the
+    same function and parameters, 1.3× faster train steps on XLA:CPU
+    (``benchmarks/results/cpu-peers-2026-11-27.md``); not measured on GPU/TPU.
 
     With ``pointwise_as_dot``, 1×1 stride-1 unpadded convolutions are built as
     :class:`PointwiseConv` (a matmul); everything else is ``nn.Conv``.
@@ -121,6 +129,10 @@ def make_conv(
     kernel has ``n`` input rows for an input that may be wider with zero
     channels: :class:`PointwiseConv` or :class:`PaddedConv`.
     """
+    if conv_impl == "shift-dw":
+        from sparsenet_jax.model import cpu_conv  # it builds on this module
+
+        return cpu_conv.make_shift_conv(dtype, param_dtype, pointwise_as_dot, dx="conv")
     conv = functools.partial(
         nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype
     )
