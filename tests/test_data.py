@@ -61,7 +61,7 @@ def test_dataset_info() -> None:
     ("name", "suggestion"), [("cifar", "cifar10"), ("imagenet", "imagenet2012")]
 )
 def test_unknown_dataset_suggests(name: str, suggestion: str) -> None:
-    with pytest.raises(ValueError, match=f"Did you mean '{suggestion}'") as err:
+    with pytest.raises(ValueError, match=f"did you mean '{suggestion}'") as err:
         data.dataset_info(name)
     assert "digits" in str(err.value)  # lists the valid names
 

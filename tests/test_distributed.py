@@ -17,7 +17,8 @@ EIGHT_DEVICES = textwrap.dedent(
     """
     import json, jax, numpy as np
     import sparsenet_jax as sj
-    from sparsenet_jax.training import steps
+    from sparsenet_jax.training import mesh as mesh_lib
+    from sparsenet_jax.training import optim, steps
     assert jax.device_count() == 8, jax.devices()
     model = sj.create_model("sparsenet-13-6")
     tx = optim.make_optimizer(0.1)
