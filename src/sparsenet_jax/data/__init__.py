@@ -3,6 +3,7 @@
 * ``datasets``: the registry (``DatasetInfo``, ``DATASETS``, ``dataset_info``) and
   ``load_arrays``/``load_dataset``, the small datasets (digits, CIFAR-10/100, an image
   folder) as in-memory uint8 NHWC arrays.
+* ``errors``: ``DatasetNotFoundError``, the one-line error every loader raises.
 * ``images``: the one image decoder of every loader (bytes to RGB, one-line errors).
 * ``folder``: ``--dataset folder``: ROOT/train/<class>/*, ROOT/test/<class>/*, or a
   packed ``.npz`` of JPEGs, decoded into memory and cached.
