@@ -334,3 +334,15 @@ def test_bad_schedule_fields(argv, error, suggestion, capsys):
         assert len(lines) == 1 and "did you mean" not in lines[0]
     else:
         assert f"did you mean {suggestion}" in lines[0]
+
+
+def test_cifar10_cpu_recipe_is_a_sparsenet_with_a_short_schedule():
+    config = flags.parse_args(["--recipe", "cifar10-cpu"])
+    assert config.workdir == "runs/cifar10-cpu" and config.dataset == "cifar10"
+    assert config.model.startswith("sparsenet-") and config.lr_schedule == "cosine"
+    assert config.epochs < 100 and config.dtype == "float32"
+    build.check_model(config)  # the network fits 32×32 images
+    # The paper's recipe is unchanged.
+    paper = flags.parse_args(["--recipe", "cifar10"])
+    assert (paper.model, paper.epochs, paper.lr_schedule) == ("sparsenet-40-24", 300, "piecewise")
+    assert (paper.label_smoothing, paper.lr_boundaries) == (0.0, (150.0, 225.0))
