@@ -89,6 +89,7 @@ def _check_fine_tuned(result, workdir: pathlib.Path, source: dict[str, np.ndarra
             assert tuned[key].shape == source[key].shape, key
 
 
+@pytest.mark.slow  # three training runs: 139 s on a busy machine (load 12), about 45 s quiet
 def test_fine_tune_from_a_workdir_on_another_folder(folders, pretrained, cache_dir, tmp_path):
     """``--init-from A`` on a 5-class folder: the head is replaced, everything else is A's."""
     import sparsenet_jax as sj
@@ -114,6 +115,7 @@ def test_fine_tune_from_a_workdir_on_another_folder(folders, pretrained, cache_d
     assert checkpoint_steps(chosen) == [3]
 
 
+# One training run: 25 s on a busy machine (load 12).
 def test_fine_tune_from_an_official_pth_file(folders, cache_dir, tmp_path):
     """``--init-from weights.pth`` written in the official PyTorch format (10 classes)."""
     torch = pytest.importorskip("torch")
