@@ -311,3 +311,65 @@ def test_from_dict_round_trips_json():
     config = flags.parse_args(["--recipe", "digits", "--lr", "1"])
     again = config_lib.from_dict(json.loads(config_lib.to_json(config)))
     assert again == config and again.lr_boundaries == (12.0, 17.0)
+
+
+# ---------------------------------------------------------------------------
+# Short-budget fields: the lr schedule, warm-up and label smoothing
+
+
+def test_schedule_fields_default_to_the_papers_recipe():
+    config = flags.parse_args(["--recipe", "cifar10"])
+    assert (config.lr_schedule, config.warmup_epochs, config.label_smoothing) == (
+        "piecewise",
+        0.0,
+        0.0,
+    )
+    argv = ["--lr-schedule", "cosine", "--warmup-epochs", "1.5", "--label-smoothing", "0.1"]
+    config = flags.parse_args(["--recipe", "digits", *argv])
+    assert (config.lr_schedule, config.warmup_epochs, config.label_smoothing) == (
+        "cosine",
+        1.5,
+        0.1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "error", "suggestion"),
+    [
+        (["--lr-schedule", "cosin"], "--lr-schedule: unknown 'cosin'", "'cosine'?"),
+        (["--label-smoothing", "1"], "--label-smoothing: must be in [0, 1), got 1", None),
+        (["--label-smoothing", "-0.1"], "--label-smoothing: must be in [0, 1), got -0.1", None),
+        (["--label-smoothing", "nan"], "--label-smoothing: must be a finite number", None),
+        (["--lr-schedule", "cosine", "--warmup-epochs", "-1"], "must be >= 0, got -1", None),
+        (["--lr-schedule", "cosine", "--warmup-epochs", "inf"], "must be a finite number", None),
+        (
+            ["--recipe", "digits", "--lr-schedule", "cosine", "--warmup-epochs", "20"],
+            "--warmup-epochs: must be below epochs (20), got 20",
+            None,
+        ),
+        (
+            ["--warmup-epochs", "2"],
+            "--warmup-epochs: only the cosine schedule has a warm-up",
+            None,
+        ),
+    ],
+)
+def test_bad_schedule_fields(argv, error, suggestion, capsys):
+    lines = bad_invocation(argv, capsys)
+    assert error in lines[0]
+    if suggestion is None:
+        assert len(lines) == 1 and "did you mean" not in lines[0]
+    else:
+        assert f"did you mean {suggestion}" in lines[0]
+
+
+def test_cifar10_cpu_recipe_is_a_sparsenet_with_a_short_schedule():
+    config = flags.parse_args(["--recipe", "cifar10-cpu"])
+    assert config.workdir == "runs/cifar10-cpu" and config.dataset == "cifar10"
+    assert config.model.startswith("sparsenet-") and config.lr_schedule == "cosine"
+    assert config.epochs < 100 and config.dtype == "float32"
+    build.check_model(config)  # the network fits 32×32 images
+    # The paper's recipe is unchanged.
+    paper = flags.parse_args(["--recipe", "cifar10"])
+    assert (paper.model, paper.epochs, paper.lr_schedule) == ("sparsenet-40-24", 300, "piecewise")
+    assert (paper.label_smoothing, paper.lr_boundaries) == (0.0, (150.0, 225.0))

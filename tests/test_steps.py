@@ -177,3 +177,53 @@ def test_eval_step_counts_on_a_hand_computed_batch():
     # Without a mask every example counts, the padding's right answer included.
     unmasked = jax.device_get(eval_step(state, {"image": logits, "label": labels}))
     assert (float(unmasked["count"]), float(unmasked["correct"])) == (4.0, 2.0)
+
+
+def test_cosine_lr_with_warmup():
+    schedule = optim.learning_rate("cosine", 0.2, steps_per_epoch=10, epochs=5, warmup_epochs=1)
+    assert float(schedule(0)) == pytest.approx(0.02)  # the first step already moves
+    assert float(schedule(9)) == pytest.approx(0.2)
+    assert float(schedule(10)) == pytest.approx(0.2)
+    assert float(schedule(30)) == pytest.approx(0.1)  # half way down the cosine
+    assert float(schedule(50)) == pytest.approx(0.0, abs=1e-9)
+    values = [float(schedule(s)) for s in range(10, 51)]
+    assert values == sorted(values, reverse=True)
+    plain = optim.learning_rate("cosine", 0.2, steps_per_epoch=10, epochs=5)
+    assert float(plain(0)) == pytest.approx(0.2) and float(plain(25)) == pytest.approx(0.1)
+
+
+def test_piecewise_is_the_default_and_has_no_warmup():
+    schedule = optim.learning_rate("piecewise", 0.1, 10, 300, (150, 225))
+    assert [float(schedule(s)) for s in (0, 1500, 2250)] == pytest.approx([0.1, 0.01, 0.001])
+    with pytest.raises(ValueError, match="warm-up"):
+        optim.learning_rate("piecewise", 0.1, 10, 300, (150, 225), warmup_epochs=1)
+    with pytest.raises(ValueError, match="unknown"):
+        optim.learning_rate("step", 0.1, 10, 300)
+
+
+def test_label_smoothing_loss():
+    logits = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    labels = jnp.array([0, 2])
+    plain = steps.cross_entropy(logits, labels)
+    assert np.allclose(steps.cross_entropy(logits, labels, 0.0), plain)
+    logp = jax.nn.log_softmax(logits)
+    s = 0.3
+    targets = (1 - s) * jax.nn.one_hot(labels, 3) + s / 3
+    expected = -(targets * logp).sum(-1)
+    assert np.allclose(steps.cross_entropy(logits, labels, s), expected, atol=1e-6)
+    assert np.all(steps.cross_entropy(logits, labels, s) != plain)
+
+
+def test_train_step_minimises_the_smoothed_loss():
+    model = sj.create_model("sparsenet-13-6")
+    tx = optim.make_optimizer(0.0)
+    state = steps.create_train_state(model, tx, 0, (1, 32, 32, 3))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 10, 4), jnp.int32),
+    }
+    _, plain = jax.jit(steps.make_train_step(model, tx))(state, batch)
+    _, smooth = jax.jit(steps.make_train_step(model, tx, label_smoothing=0.2))(state, batch)
+    assert float(smooth["loss"]) != pytest.approx(float(plain["loss"]))
+    assert float(smooth["accuracy"]) == float(plain["accuracy"])

@@ -225,7 +225,15 @@ def build_run(
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
 
-    lr = optim.piecewise_lr(config.lr, steps_per_epoch, config.lr_boundaries, config.lr_decay)
+    lr = optim.learning_rate(
+        config.lr_schedule,
+        config.lr,
+        steps_per_epoch,
+        config.epochs,
+        config.lr_boundaries,
+        config.lr_decay,
+        config.warmup_epochs,
+    )
     tx = optim.make_optimizer(lr, config.momentum, config.nesterov, config.weight_decay)
     check_model(config, info)
     model_kwargs = {
@@ -237,7 +245,9 @@ def build_run(
         config.model, num_classes=info.num_classes, **{**model_kwargs, "dtype": _dtype(config)}
     )
     preprocess = make_preprocess(config, info)
-    train_step = steps.make_train_step(model, tx, config.seed, preprocess)
+    train_step = steps.make_train_step(
+        model, tx, config.seed, preprocess, label_smoothing=config.label_smoothing
+    )
     eval_step = steps.make_eval_step(model, preprocess, top_k=5 if info.num_classes > 10 else 0)
     return Run(
         config=config,

@@ -59,8 +59,12 @@ def create_train_state(
     return state if mesh is None else mesh_lib.replicate(state, mesh)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example cross-entropy; with ``label_smoothing`` s the target is (1 - s) · one-hot + s / classes."""
+    if not label_smoothing:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
 
 
 def identity_preprocess(rng: jax.Array, images: jax.Array, train: bool) -> jax.Array:
@@ -73,8 +77,12 @@ def make_train_step(
     tx: optax.GradientTransformation,
     seed: int = 0,
     preprocess: Preprocess = identity_preprocess,
+    label_smoothing: float = 0.0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """The pure train step: (state, batch) → (new state, metrics).
+
+    The loss it minimises and reports is smoothed by ``label_smoothing``; the
+    eval step's loss is the plain cross-entropy.
 
     Random numbers (augmentation, dropout) derive from ``(seed, state.step)``,
     so a resumed run draws exactly what an uninterrupted one would.
@@ -95,7 +103,8 @@ def make_train_step(
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_rng},
             )
-            return cross_entropy(logits, labels).mean(), (logits, updates["batch_stats"])
+            loss = cross_entropy(logits, labels, label_smoothing).mean()
+            return loss, (logits, updates["batch_stats"])
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
