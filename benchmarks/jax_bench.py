@@ -9,8 +9,9 @@ FLOPs and memory come from XLA's analysis of the compiled objects.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -183,23 +184,35 @@ def compile_steps(
 CONV_IMPLS = ("xla", "shift", "shift-dw")
 
 
-def use_conv_impl(impl: str) -> None:
-    """Build every model of this process with ``impl``'s convolutions.
+@contextlib.contextmanager
+def use_conv_impl(impl: str) -> Iterator[None]:
+    """Build the models made inside the ``with`` block with ``impl``'s convolutions.
 
     ``"xla"``: the model's own (``units.make_conv``: ``nn.Conv``, 1×1 as matmuls).
     ``"shift"``: :func:`sparsenet_jax.model.cpu_conv.make_shift_conv`, whose 3×3
     convolutions have a two-GEMM backward pass; ``"shift-dw"``: the same with only
-    the weight gradient a GEMM (``dx="conv"``); same parameters. The model has no
-    option for it yet, so this patches ``network.make_conv`` for the rest of the
-    process: call it only in a process of its own (a spawned benchmark worker).
+    the weight gradient a GEMM (the model's ``conv_impl="shift-dw"``); same
+    parameters. ``network.make_conv`` is patched for the block only (a compiled
+    step keeps what it was built with), and put back after it.
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl {impl!r}: expected one of {', '.join(CONV_IMPLS)}")
-    if impl.startswith("shift"):
-        from sparsenet_jax.model import cpu_conv, network
+    if not impl.startswith("shift"):
+        yield
+        return
+    from sparsenet_jax.model import cpu_conv, network
 
-        dx = "gemm" if impl == "shift" else "conv"
-        network.make_conv = functools.partial(cpu_conv.make_shift_conv, dx=dx)
+    dx = "gemm" if impl == "shift" else "conv"
+    original = network.make_conv
+
+    def make_conv(dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True, *_: Any) -> Any:
+        return cpu_conv.make_shift_conv(dtype, param_dtype, pointwise_as_dot, dx=dx)
+
+    network.make_conv = make_conv
+    try:
+        yield
+    finally:
+        network.make_conv = original
 
 
 def prepare_jax(
@@ -272,8 +285,8 @@ def jax_contender(
     and ``compile_s`` (trace + lower + compile of the train step, then the eval
     step's), after ``warmup`` calls of each step.
     """
-    use_conv_impl(conv_impl)
-    result, train_once, eval_once = prepare_jax(name, batch, model_kwargs, seed)
+    with use_conv_impl(conv_impl):
+        result, train_once, eval_once = prepare_jax(name, batch, model_kwargs, seed)
     for _ in range(warmup):
         train_once()
         eval_once()

@@ -110,11 +110,11 @@ def profile(preset: str, batch: int, conv_impl: str) -> dict[str, Any]:
     from sparsenet_jax.training.build import build_run
 
     setup_jax()
-    use_conv_impl(conv_impl)
-    run = build_run(bench_config(preset, batch))
-    holder = {"state": run.init_state()}
-    data = fake_batch(run, train=True)
-    compiled, fields = compile_train(run, holder["state"], data)
+    with use_conv_impl(conv_impl):
+        run = build_run(bench_config(preset, batch))
+        holder = {"state": run.init_state()}
+        data = fake_batch(run, train=True)
+        compiled, fields = compile_train(run, holder["state"], data)
     kinds = hlo_kinds(compiled.as_text())
 
     def step() -> None:

@@ -334,7 +334,8 @@ def test_side_by_side_summary_is_the_median_per_round_ratio() -> None:
 
 def test_use_conv_impl_rejects_an_unknown_impl() -> None:
     with pytest.raises(ValueError, match="expected one of xla, shift"):
-        _load("jax_bench").use_conv_impl("winograd")
+        with _load("jax_bench").use_conv_impl("winograd"):
+            pass
 
 
 def test_peer_torch_compile_wiring() -> None:
