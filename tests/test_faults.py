@@ -286,7 +286,7 @@ BAD_FLAGS = [
     (["--dtype", "float16"], "--dtype: must be one of float32, bfloat16, got 'float16'"),
     (["--dtype", "bfloat"], "did you mean 'bfloat16'"),
     (["--recipe", "imagenett"], "did you mean 'imagenet'"),
-    (["--recipe", "mnist"], "choose from cifar10, cifar100, imagenet, digits"),
+    (["--recipe", "mnist"], "choose from cifar10, cifar100, imagenet, cifar10-cpu, digits"),
     (["--workdir", ""], "--workdir: must not be empty"),
     (["--model", "sparsenett-40-24"], "Did you mean sparsenet-40-24"),
     (
