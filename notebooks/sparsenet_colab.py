@@ -558,7 +558,7 @@ from sparsenet_jax.training.loop import evaluate
 
 run = build_run(config)
 checkpoints = Checkpoints(pathlib.Path(WORKDIR))
-print("checkpoints:", checkpoints.saved_steps())
+print("checkpoints:", sorted(checkpoints.saved_steps()))
 restored, step = checkpoints.restore(run.abstract_state())
 raw = checkpoints.manager.restore(step)  # plain Orbax: nested dicts
 checkpoints.close()

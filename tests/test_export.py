@@ -182,9 +182,15 @@ def test_cli_exports_a_trained_workdir(tmp_path):
         env=cli_env(),
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"wrote {out}" in done.stdout
+    assert f"wrote {out} from step 2" in done.stdout
 
-    state, step = export._restore(workdir / "checkpoints", None)
+    from sparsenet_jax.training.checkpoints import Checkpoints
+
+    checkpoints = Checkpoints(workdir)
+    restored = checkpoints.restore()  # the raw tree, read-only and verified
+    checkpoints.close()
+    assert restored is not None
+    state, step = restored
     assert step == 2
     model = sj.create_model("sparsenet-13-6", in_channels=1)
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}

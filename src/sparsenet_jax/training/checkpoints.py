@@ -112,6 +112,7 @@ class Checkpoints:
         self.options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=False)
         self.manager: Any = None
         self.skipped: dict[int, str] = {}  # the last restore's unreadable steps, and why
+        self._saving = False  # opened to save (with create=True) by every process
         self.failed = False  # a save failed and was reported
 
     def _open(self, create: bool = False) -> None:
@@ -257,7 +258,9 @@ class Checkpoints:
             if restored is not None and step is not None:
                 for later in (s for s in self.saved_steps() if s > step):
                     self._set_aside(later, f"resuming from step {step}", self.abandoned)
-        self._open()  # the manager must see the folder as it is now
+        if self.manager is not None:  # the next save opens it again, seeing the folder as it is
+            self.manager.close()
+            self.manager = None
         return restored
 
     def _set_aside(self, step: int, why: str, into: pathlib.Path | None = None) -> None:
@@ -293,8 +296,9 @@ class Checkpoints:
                 f"the state at step {step} has non-finite {' and '.join(bad)}; "
                 f"not saved ({self.last_saved_note()}). Lower --lr or check the data."
             )
-        if self.manager is None or not self.folder.is_dir():
+        if not self._saving:  # the same decision on every process: opening is collective
             self._open(create=True)
+            self._saving = True
         self.wait()  # the previous save has had a whole interval to finish
         if step in self.manager.all_steps():
             return
