@@ -11,8 +11,8 @@ from typing import Any, Literal
 import jax.numpy as jnp
 
 from sparsenet_jax.model.block import AGGREGATIONS, BLOCK_IMPLS, UNIT_KINDS
+from sparsenet_jax.model.cpu_conv import CONV_IMPLS
 from sparsenet_jax.model.schedule import Schedule
-from sparsenet_jax.model.units import CONV_IMPLS
 
 # The network is passed in as `Any`: importing its class here, even for typing only,
 # would tie this module and network.py in a circle.

@@ -158,6 +158,12 @@ class ShiftConv(nn.Module):
         return (shift_conv if self.dx == "gemm" else shift_conv_dw)(x, kernel)
 
 
+# The model's conv_impl choices: XLA's convolutions, or 3×3 weight gradients as
+# one GEMM over the shifted output gradient (1.3× faster train steps on XLA:CPU,
+# benchmarks/results/cpu-peers-2026-11-27.md; not measured on GPU or TPU).
+CONV_IMPLS = ("xla", "shift-dw")
+
+
 def make_shift_conv(
     dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True, dx: str = "gemm"
 ) -> Callable[..., nn.Module]:

@@ -36,6 +36,7 @@ from sparsenet_jax.model.block import (
     make_norm,
 )
 from sparsenet_jax.model.checks import STEM_KINDS, StemKind, validate_module
+from sparsenet_jax.model.cpu_conv import make_shift_conv
 from sparsenet_jax.model.schedule import Schedule
 
 __all__ = ["STEM_KINDS", "SparseNet", "StemKind", "init_variables", "validate_module"]
@@ -182,7 +183,10 @@ class SparseNet(nn.Module):
         self, x: jax.Array, train: bool, output: Literal["logits", "features", "maps"]
     ) -> jax.Array | list[jax.Array]:
         self._check_input(x)
-        conv = make_conv(self.dtype, self.param_dtype, self.pointwise_as_dot, self.conv_impl)
+        if self.conv_impl == "shift-dw":
+            conv = make_shift_conv(self.dtype, self.param_dtype, self.pointwise_as_dot, dx="conv")
+        else:
+            conv = make_conv(self.dtype, self.param_dtype, self.pointwise_as_dot)
         norm = make_norm(train, self.dtype, self.param_dtype)
         unit_cls = UNIT_CLASSES[self.unit]
 

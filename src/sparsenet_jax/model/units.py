@@ -110,18 +110,10 @@ class PaddedConv(nn.Module):
         )
 
 
-CONV_IMPLS = ("xla", "shift-dw")
-
-
 def make_conv(
-    dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True, conv_impl: str = "xla"
+    dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True
 ) -> Callable[..., nn.Module]:
     """A conv factory, ``conv(features, kernel_size, **kwargs)``, for the units.
-
-    ``conv_impl="shift-dw"`` computes 3×3 weight gradients as one GEMM over
-    the shifted output gradient (:mod:`~sparsenet_jax.model.cpu_conv`): the
-    same function and parameters, 1.3× faster train steps on XLA:CPU
-    (``benchmarks/results/cpu-peers-2026-11-27.md``); not measured on GPU/TPU.
 
     With ``pointwise_as_dot``, 1×1 stride-1 unpadded convolutions are built as
     :class:`PointwiseConv` (a matmul); everything else is ``nn.Conv``.
@@ -129,10 +121,6 @@ def make_conv(
     kernel has ``n`` input rows for an input that may be wider with zero
     channels: :class:`PointwiseConv` or :class:`PaddedConv`.
     """
-    if conv_impl == "shift-dw":
-        from sparsenet_jax.model import cpu_conv  # it builds on this module
-
-        return cpu_conv.make_shift_conv(dtype, param_dtype, pointwise_as_dot, dx="conv")
     conv = functools.partial(
         nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype
     )
