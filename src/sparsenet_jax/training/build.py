@@ -23,7 +23,7 @@ from sparsenet_jax._text import did_you_mean
 from sparsenet_jax.model.network import SparseNet
 from sparsenet_jax.model.presets import LAYOUT_OVERRIDES, create_model
 from sparsenet_jax.training import mesh as mesh_lib
-from sparsenet_jax.training import optim, steps
+from sparsenet_jax.training import optim, replicas, steps
 from sparsenet_jax.training.config import RUN_SET_KWARGS, ConfigError, TrainConfig
 from sparsenet_jax.training.errors import TrainingError
 
@@ -80,11 +80,24 @@ class Run:
     def image_shape(self) -> tuple[int, int, int]:
         return (self.info.image_size, self.info.image_size, self.info.channels)
 
+    @property
+    def seeds(self) -> int:
+        """How many replicas the state holds (``--seeds``); 1: no replica axis."""
+        return self.config.seeds
+
     def init_state(self) -> steps.TrainState:
-        """The initial state (parameters, BatchNorm statistics, optimizer), replicated."""
-        return steps.create_train_state(
-            self.model, self.tx, self.config.seed, (1, *self.image_shape), self.mesh
-        )
+        """The initial state (parameters, BatchNorm statistics, optimizer), replicated.
+
+        With ``--seeds N`` it holds N replicas, replica i initialised as ``--seed seed+i``.
+        """
+        return mesh_lib.replicate(self._fresh_state(), self.mesh)
+
+    def _fresh_state(self) -> steps.TrainState:
+        states = [
+            steps.create_train_state(self.model, self.tx, seed, (1, *self.image_shape))
+            for seed in self.config.replica_seeds
+        ]
+        return states[0] if self.seeds == 1 else replicas.stack(states)
 
     def abstract_state(self) -> steps.TrainState:
         """Shapes, dtypes and shardings of the state, allocating nothing."""
@@ -93,11 +106,7 @@ class Run:
     @functools.cached_property
     def _abstract_state(self) -> steps.TrainState:
         # Traced once: the parameter count, the memory estimate and aot all need it.
-        shapes = jax.eval_shape(
-            lambda: steps.create_train_state(
-                self.model, self.tx, self.config.seed, (1, *self.image_shape)
-            )
-        )
+        shapes = jax.eval_shape(self._fresh_state)
         replicated, _ = mesh_lib.shardings(self.mesh)
         return jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
@@ -105,14 +114,16 @@ class Run:
 
     def abstract_batch(self, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
         """Shapes and shardings of one global batch, as the input pipeline delivers it."""
-        _, batched = mesh_lib.shardings(self.mesh)
+        stacked = train and self.seeds > 1  # one batch per replica's data order
+        _, batched = mesh_lib.shardings(self.mesh, stacked)
         size = self.config.batch_size if train else self.config.eval_batch_size
+        lead = (self.seeds, size) if stacked else (size,)
         # In-memory datasets arrive as uint8 and are augmented on device; the
         # ImageNet loader augments and normalises on the host.
         pixels = jnp.float32 if self.config.dataset == "imagenet2012" else jnp.uint8
         batch = {
-            "image": jax.ShapeDtypeStruct((size, *self.image_shape), pixels, sharding=batched),
-            "label": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=batched),
+            "image": jax.ShapeDtypeStruct((*lead, *self.image_shape), pixels, sharding=batched),
+            "label": jax.ShapeDtypeStruct(lead, jnp.int32, sharding=batched),
         }
         if not train:
             batch["mask"] = jax.ShapeDtypeStruct((size,), jnp.float32, sharding=batched)
@@ -120,8 +131,9 @@ class Run:
 
     @functools.cached_property
     def num_params(self) -> int:
+        """The network's parameter count (of one replica, with ``--seeds``)."""
         leaves = jax.tree_util.tree_leaves(self.abstract_state().params)
-        return sum(leaf.size for leaf in leaves)
+        return sum(leaf.size for leaf in leaves) // self.seeds
 
 
 def check_model(config: TrainConfig, info: data_lib.DatasetInfo | None = None) -> None:
@@ -245,10 +257,7 @@ def build_run(
         config.model, num_classes=info.num_classes, **{**model_kwargs, "dtype": _dtype(config)}
     )
     preprocess = make_preprocess(config, info)
-    train_step = steps.make_train_step(
-        model, tx, config.seed, preprocess, label_smoothing=config.label_smoothing
-    )
-    eval_step = steps.make_eval_step(model, preprocess, top_k=5 if info.num_classes > 10 else 0)
+    train_step, eval_step = _pure_steps(config, model, tx, preprocess, info.num_classes)
     return Run(
         config=config,
         info=info,
@@ -259,9 +268,28 @@ def build_run(
         tx=tx,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
-        train_step=mesh_lib.jit_train_step(train_step, mesh),
+        train_step=mesh_lib.jit_train_step(train_step, mesh, replicas=config.seeds > 1),
         eval_step=mesh_lib.jit_eval_step(eval_step, mesh),
     )
+
+
+def _pure_steps(
+    config: TrainConfig,
+    model: SparseNet,
+    tx: optax.GradientTransformation,
+    preprocess: steps.Preprocess,
+    num_classes: int,
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The train and eval steps before jit: of one network, or vmapped over ``--seeds`` replicas."""
+    top_k = 5 if num_classes > 10 else 0
+    eval_step = steps.make_eval_step(model, preprocess, top_k=top_k)
+    if config.seeds == 1:
+        train_step = steps.make_train_step(
+            model, tx, config.seed, preprocess, label_smoothing=config.label_smoothing
+        )
+        return train_step, eval_step
+    seeded = steps.make_seeded_train_step(model, tx, preprocess, config.label_smoothing)
+    return replicas.train_step(seeded, config.replica_seeds), replicas.eval_step(eval_step)
 
 
 def _steps_per_epoch(config: TrainConfig, info: data_lib.DatasetInfo, devices: int) -> int:

@@ -12,8 +12,10 @@ import pathlib
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import jax
+import numpy as np
 
 from sparsenet_jax import data as data_lib
 from sparsenet_jax.training import flags
@@ -81,14 +83,34 @@ def setup_logging() -> None:
 
 
 def summary_line(config: TrainConfig, result: RunResult) -> str:
-    best = (
-        "no test evaluation"
-        if result.best_test_accuracy is None
-        else f"best test accuracy {100 * result.best_test_accuracy:.2f}% (epoch {result.best_epoch})"
-    )
+    if result.per_seed:
+        best = seeds_summary(result.per_seed)
+    elif result.best_test_accuracy is None:
+        best = "no test evaluation"
+    else:
+        best = (
+            f"best test accuracy {100 * result.best_test_accuracy:.2f}% (epoch {result.best_epoch})"
+        )
     return (
         f"done: {config.model} on {config.dataset}, step {result.final_step}, {best}, "
         f"{result.num_params:,} parameters, wall time {duration(result.wall_time_s)}"
+    )
+
+
+def seeds_summary(per_seed: list[dict[str, Any]]) -> str:
+    """``test accuracy over 3 seeds 91.20 ± 0.15% (last evaluation; best: seed 0 91.31% ep 12, …)``."""
+    last = [100 * s["last_test"]["accuracy"] for s in per_seed if s["last_test"]]
+    if not last:
+        return f"{len(per_seed)} seeds, no test evaluation"
+    bests = ", ".join(
+        f"seed {s['seed']} {100 * s['best_test_accuracy']:.2f}% ep {s['best_epoch']}"
+        for s in per_seed
+        if s["best_test_accuracy"] is not None
+    )
+    spread = float(np.std(last, ddof=1)) if len(last) > 1 else 0.0
+    return (
+        f"test accuracy over {len(last)} seeds {np.mean(last):.2f} ± {spread:.2f}% "
+        f"(mean ± std of the last evaluation; best: {bests})"
     )
 
 

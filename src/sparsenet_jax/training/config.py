@@ -50,12 +50,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     # Sized for a 2-core CPU and 30 minutes of training: a wide, shallow SparseNet (three
     # growth rates, two units a block), batch 64, a cosine schedule after a one-epoch
-    # warm-up, label smoothing. Chosen by measured speed (README: "CIFAR-10 on a CPU"):
-    # an estimated 450 img/s on two quiet cores (scaled from busy-machine ratios), so 14
-    # epochs and their tests should fit 30 minutes; not yet confirmed by a full quiet run.
+    # warm-up, label smoothing. Sized by measured speed (README: "CIFAR-10 on a CPU"): 260
+    # img/s on two quiet cores at batch 64 or 128, with either conv_impl, so an epoch is
+    # about 3.2 minutes and 8 epochs and their tests fit 30 minutes.
     "cifar10-cpu": {
         **{"model": "sparsenet-10-16-32-64", "dataset": "cifar10", "dtype": "float32"},
-        **{"batch_size": 64, "epochs": 14, "lr": 0.1, "lr_schedule": "cosine"},
+        **{"batch_size": 64, "epochs": 8, "lr": 0.1, "lr_schedule": "cosine"},
         **{"warmup_epochs": 1.0, "label_smoothing": 0.1, "weight_decay": 5e-4},
     },
     # The offline quickstart: scikit-learn's handwritten digits, upscaled to 32×32.
@@ -124,6 +124,9 @@ class TrainConfig:
     nesterov: bool = _optim(True, "Nesterov momentum")
     weight_decay: float = _optim(1e-4, "L2 penalty on the parameters")
     seed: int = _optim(0, "initialisation and data order, below 2**32")
+    seeds: int = _optim(
+        1, "train this many replicas in one program, seeds seed … seed+N-1 (each as --seed alone)"
+    )
     init_from: str | None = _optim(
         None, "fine-tune: start from a workdir, a checkpoint folder or an official .pth file"
     )
@@ -143,16 +146,21 @@ class TrainConfig:
     num_processes: int | None = _run(None, "number of processes (multi-host)")
     process_id: int | None = _run(None, "this process's index (multi-host)")
 
+    @property
+    def replica_seeds(self) -> tuple[int, ...]:
+        """The seeds of the ``seeds`` replicas: ``seed, seed + 1, …``."""
+        return tuple(range(self.seed, self.seed + self.seeds))
+
 
 # Fields whose change makes an existing workdir's checkpoints or step counter mean
 # something else (the network, its inputs, its numerics, or the batches a step saw).
 IDENTITY_FIELDS: tuple[str, ...] = (
     *("model", "model_kwargs", "dataset", "dtype"),
-    *("seed", "batch_size", "augment_pad", "augment_flip", "image_size", "loader"),
+    *("seed", "batch_size", "augment_pad", "augment_flip", "image_size", "loader", "seeds"),
 )
 # (fields, test, what a value must be), in order: a NaN learning rate is "not finite".
 _RANGES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
-    (("batch_size", "eval_batch_size", "epochs"), lambda v: v >= 1, ">= 1"),
+    (("batch_size", "eval_batch_size", "epochs", "seeds"), lambda v: v >= 1, ">= 1"),
     (("log_every_steps", "eval_every_epochs", "keep_checkpoints"), lambda v: v >= 1, ">= 1"),
     (("max_steps", "checkpoint_every_steps", "augment_pad", "seed"), lambda v: v >= 0, ">= 0"),
     (("image_size", "restore_step"), lambda v: v is None or v >= 1, ">= 1"),
@@ -212,6 +220,15 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.warmup_epochs >= config.epochs:
         raise ConfigError(
             f"warmup_epochs: must be below epochs ({config.epochs}), got {config.warmup_epochs}"
+        )
+    if config.seed + config.seeds > SEED_LIMIT:
+        raise ConfigError(
+            f"seeds: seed + seeds must be at most 2**32, got {config.seed} + {config.seeds}"
+        )
+    if config.seeds > 1 and config.dataset == "imagenet2012":
+        raise ConfigError(
+            "seeds: replicas read the in-memory datasets (CIFAR, digits, folder); "
+            "for imagenet2012 run one seed per run"
         )
     for name in ("workdir", "compilation_cache_dir"):
         if not getattr(config, name):

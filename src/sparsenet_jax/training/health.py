@@ -39,12 +39,21 @@ class Verdict:
 
 
 def _train_records(records: Sequence[dict[str, Any]]) -> list[tuple[int, float]]:
-    pairs = []
+    """(step, loss) of each logged window; with ``--seeds``, the worst replica's loss."""
+    worst: dict[int, float] = {}
     for record in records:
         step, loss = record.get("step"), record.get("loss")
         if record.get("split") == "train" and isinstance(step, int) and _is_number(loss):
-            pairs.append((step, float(loss)))  # type: ignore[arg-type]
-    return sorted(pairs)
+            worst[step] = _worse(worst.get(step), float(loss))  # type: ignore[arg-type]
+    return sorted(worst.items())
+
+
+def _worse(a: float | None, b: float) -> float:
+    if a is None:
+        return b
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return a if not math.isfinite(a) else b
+    return max(a, b)
 
 
 def _is_number(value: Any) -> bool:

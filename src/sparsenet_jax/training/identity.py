@@ -47,7 +47,7 @@ _NOT_RECORDED = frozenset(
 )
 # Identity fields an older config.json may lack, and the value the older version ran with
 # (None: it did not record which, so any value is accepted).
-_BEFORE_RECORDED: dict[str, Any] = {"loader": None, "image_size": None}
+_BEFORE_RECORDED: dict[str, Any] = {"loader": None, "image_size": None, "seeds": 1}
 
 
 def data_record(info: DatasetInfo) -> dict[str, Any]:

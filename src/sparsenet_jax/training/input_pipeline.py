@@ -97,10 +97,14 @@ def epoch_batches(
             yield {"image": batch.images, "label": batch.labels}
         return
     images, labels = splits.train
-    order = data_lib.host_batch_indices(
-        len(labels), config.batch_size, config.seed, epoch, jax.process_index(), jax.process_count()
-    )
-    for idx in itertools.islice(order, skip, None):
+    orders = [  # with --seeds, one data order a replica, stacked on a leading axis
+        data_lib.host_batch_indices(
+            len(labels), config.batch_size, seed, epoch, jax.process_index(), jax.process_count()
+        )
+        for seed in config.replica_seeds
+    ]
+    for per_replica in itertools.islice(zip(*orders, strict=True), skip, None):
+        idx = per_replica[0] if config.seeds == 1 else np.stack(per_replica)
         yield {"image": images[idx], "label": labels[idx]}
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import numpy as np
 
 from sparsenet_jax.training import config as config_lib
 from sparsenet_jax.training import health, identity, input_pipeline, memory, steps
@@ -39,6 +40,7 @@ from sparsenet_jax.training.reporting import (
     Record,
     StepTimer,
     best_so_far,
+    update_best,
 )
 from sparsenet_jax.training.signals import StopSignals
 from sparsenet_jax.training.start import starting_state
@@ -59,6 +61,9 @@ class RunResult:
     stopped_by: str = ""  # the signal's name ("SIGTERM", "SIGINT") if one stopped the run
     compile_s: float = 0.0  # XLA compilation, or reading it from the persistent cache
     last_test: dict[str, float] = dataclasses.field(default_factory=dict)
+    # --seeds N: one entry a replica (seed, best_test_accuracy, best_epoch, last_test);
+    # best_test_accuracy above is then the mean of the replicas' bests, last_test their mean.
+    per_seed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def stopped_by_signal(self) -> bool:
@@ -71,17 +76,33 @@ def itstime(step: int, every: int, total_steps: int) -> bool:
 
 
 def evaluate(run: Run, state: steps.TrainState, splits: input_pipeline.Splits) -> dict[str, float]:
-    """Mean loss and accuracy (top-1, and top-5 for more than 10 classes) on the test split."""
-    totals: dict[str, float] = {}
+    """Mean loss and accuracy (top-1, and top-5 for more than 10 classes) on the test split.
+
+    With ``--seeds``, the mean over the replicas (each one's: :func:`evaluate_seeds`).
+    """
+    return mean_over_seeds(evaluate_seeds(run, state, splits))
+
+
+def evaluate_seeds(
+    run: Run, state: steps.TrainState, splits: input_pipeline.Splits
+) -> list[dict[str, float]]:
+    """:func:`evaluate` of each replica of a ``--seeds`` run, in seed order (one for one seed)."""
+    totals: dict[str, np.ndarray] = {}
     for batch in input_pipeline.eval_batches(run.config, splits):
         sums = run.eval_step(state, mesh_lib.global_batch(batch, run.mesh))
-        for key, value in jax.device_get(sums).items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-    count = max(totals.pop("count", 0.0), 1.0)
-    result = {"loss": totals.pop("loss") / count, "accuracy": totals.pop("correct") / count}
+        for key, value in jax.device_get(sums).items():  # a leading replica axis with --seeds
+            totals[key] = totals.get(key, 0.0) + np.atleast_1d(np.asarray(value, np.float64))
+    count = np.maximum(totals.pop("count", np.zeros(1)), 1.0)
+    per_key = {"loss": totals.pop("loss") / count, "accuracy": totals.pop("correct") / count}
     for key, value in totals.items():  # correct_top5 → accuracy_top5
-        result[key.replace("correct", "accuracy")] = value / count
-    return result
+        per_key[key.replace("correct", "accuracy")] = value / count
+    return [{key: float(v[i]) for key, v in per_key.items()} for i in range(run.seeds)]
+
+
+def mean_over_seeds(results: list[dict[str, float]]) -> dict[str, float]:
+    if len(results) == 1:
+        return results[0]
+    return {key: float(np.mean([r[key] for r in results])) for key in results[0]}
 
 
 class Loop:
@@ -106,8 +127,10 @@ class Loop:
         enabled = run.config.progress and jax.process_index() == 0
         self.progress = stack.enter_context(contextlib.closing(Progress(run.total_steps, enabled)))
         self.timer = StepTimer()
+        # The replicas' seeds, which records name; None for one seed (records unchanged).
+        self.seeds = run.config.replica_seeds if run.seeds > 1 else None
         self.best = best_so_far(workdir / "metrics.jsonl")
-        self.last_test: dict[str, float] = {}
+        self.last_tests: list[dict[str, float]] = []
         self.tested = {r["step"] for r in health.read_records(workdir) if r.get("split") == "test"}
 
     def batches(self) -> Iterator[dict[str, jax.Array]]:
@@ -117,7 +140,7 @@ class Loop:
         )
         while True:
             start = time.time()
-            batch = mesh_lib.global_batch(next(host), self.run.mesh)
+            batch = mesh_lib.global_batch(next(host), self.run.mesh, self.seeds is not None)
             self.timer.data_s += time.time() - start
             yield batch
 
@@ -125,29 +148,33 @@ class Loop:
         return step % self.run.steps_per_epoch == 0
 
     def maybe_log(self, step: int, metrics: dict[str, jax.Array]) -> None:
-        self.timer.add(metrics, self.config.batch_size)
+        images_a_step = self.config.batch_size * self.run.seeds
+        self.timer.add(metrics, images_a_step)
         if not (
             itstime(step, self.config.log_every_steps, self.run.total_steps)
             or self.end_of_epoch(step)
         ):
             return
-        steps_in_window = len(self.timer.metrics)
-        elapsed = self.timer.elapsed()
-        record = self.timer.summary(step, self.run.steps_per_epoch, self.run.learning_rate)
-        if not math.isfinite(record["loss"]):
-            self.writer.write(record)  # the run's own account of its divergence (health.py)
-            raise TrainingError(
-                f"the loss became {record['loss']} by step {step}; stopping without saving "
-                f"({self.checkpoints.last_saved_note()}). Lower --lr or check the data."
-            )
-        self.writer.write(record)
-        eta = (self.run.total_steps - step) * elapsed / max(steps_in_window, 1)
+        records = self.timer.summary(
+            step, self.run.steps_per_epoch, self.run.learning_rate, self.seeds
+        )
+        for record in records:  # a diverging run's own account of it first (health.py)
+            self.writer.write(record)
+        for record in records:
+            if not math.isfinite(record["loss"]):
+                whose = f"seed {record['seed']}'s loss" if "seed" in record else "the loss"
+                raise TrainingError(
+                    f"{whose} became {record['loss']} by step {step}; stopping without saving "
+                    f"({self.checkpoints.last_saved_note()}). Lower --lr or check the data."
+                )
+        speed = records[0]["images_per_sec"]  # all replicas' images: the program's speed
+        eta = (self.run.total_steps - step) * images_a_step / max(speed, 1e-9)
         fields = {
-            "loss": record["loss"],
-            "acc": record["accuracy"],
-            "img/s": record["images_per_sec"],
+            "loss": float(np.mean([r["loss"] for r in records])),
+            "acc": float(np.mean([r["accuracy"] for r in records])),
+            "img/s": speed,
         }
-        self.progress.update(step, record["epoch"], fields, eta)
+        self.progress.update(step, records[0]["epoch"], fields, eta)
 
     def eval_due(self, step: int) -> bool:
         every_epochs = self.config.eval_every_epochs
@@ -168,11 +195,40 @@ class Loop:
     def maybe_evaluate(self, step: int) -> None:
         if not self.eval_due(step):
             return
-        self.last_test = evaluate(self.run, self.state, self.splits)
+        self.last_tests = evaluate_seeds(self.run, self.state, self.splits)
         epoch = step / self.run.steps_per_epoch
-        self.writer.write({"split": "test", "step": step, "epoch": epoch, **self.last_test})
-        if self.best is None or self.last_test["accuracy"] > self.best[0]:
-            self.best = (self.last_test["accuracy"], math.ceil(epoch))
+        for seed, result in zip(self.seeds or [None], self.last_tests, strict=True):
+            named = {} if seed is None else {"seed": seed}
+            record = {"split": "test", "step": step, "epoch": epoch, **named, **result}
+            self.writer.write(record)
+            update_best(self.best, record)
+
+    def result(self, start: float, final_step: int, stopped_by: str, compile_s: float) -> RunResult:
+        """The run's summary; with ``--seeds``, each replica's and their means."""
+        per_seed: list[dict[str, Any]] = [
+            {
+                "seed": seed,
+                "best_test_accuracy": self.best[seed][0] if seed in self.best else None,
+                "best_epoch": self.best[seed][1] if seed in self.best else None,
+                "last_test": last,
+            }
+            for seed, last in zip(
+                self.seeds or [None], self.last_tests or [{}] * self.run.seeds, strict=True
+            )
+        ]
+        bests = [self.best[seed][0] for seed in self.seeds or [None] if seed in self.best]
+        first = self.best.get(None)
+        return RunResult(
+            final_step=final_step,
+            best_test_accuracy=float(np.mean(bests)) if bests else None,
+            best_epoch=first[1] if first is not None else None,
+            num_params=self.run.num_params,
+            wall_time_s=time.time() - start,
+            stopped_by=stopped_by,
+            last_test=mean_over_seeds(self.last_tests) if self.last_tests else {},
+            compile_s=compile_s,
+            per_seed=per_seed if self.seeds is not None else [],
+        )
 
     def maybe_save(self, step: int, stopping: bool) -> None:
         every = self.config.checkpoint_every_steps or self.run.steps_per_epoch
@@ -258,13 +314,4 @@ def train_and_evaluate(
         compile_clock.seconds,
         compile_clock.cache_hits,
     )
-    return RunResult(
-        final_step=final_step,
-        best_test_accuracy=None if loop.best is None else loop.best[0],
-        best_epoch=None if loop.best is None else loop.best[1],
-        num_params=run.num_params,
-        wall_time_s=time.time() - start,
-        stopped_by=stopped_by,
-        last_test=loop.last_test,
-        compile_s=compile_clock.seconds,
-    )
+    return loop.result(start, final_step, stopped_by, compile_clock.seconds)

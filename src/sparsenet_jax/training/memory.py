@@ -47,11 +47,16 @@ def _nbytes(tree: Any) -> int:
 
 
 def estimate(run: Run) -> MemoryEstimate:
-    """The memory one device needs for ``run``'s train step (shapes only, nothing allocated)."""
+    """The memory one device needs for ``run``'s train step (shapes only, nothing allocated).
+
+    With ``--seeds N``, all N replicas' (the state already holds them).
+    """
     state = run.abstract_state()
     per_device = run.config.batch_size // run.mesh.size
     images = jax.ShapeDtypeStruct((per_device, *run.image_shape), jnp.float32)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if run.seeds > 1:  # one replica's shapes; its activations count N times below
+        variables = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), variables)
     _, captured = jax.eval_shape(
         lambda v, x: run.model.apply(
             v, x, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True
@@ -63,7 +68,7 @@ def estimate(run: Run) -> MemoryEstimate:
         num_params=run.num_params,
         state_bytes=_nbytes(state),
         grad_bytes=_nbytes(state.params),
-        activation_bytes=_nbytes(captured.get("intermediates", {})),
+        activation_bytes=_nbytes(captured.get("intermediates", {})) * run.seeds,
     )
 
 
@@ -126,7 +131,12 @@ def check_size(
         model = create_model(config.model, num_classes=info.num_classes, **kwargs)
     except (ValueError, TypeError) as err:
         raise TrainingError(f"model: {err}") from None
-    bound = size_bound(model, max(1, config.batch_size // devices), info.image_size, train)
+    one = size_bound(model, max(1, config.batch_size // devices), info.image_size, train)
+    bound = dataclasses.replace(  # --seeds N: N replicas' state and layer outputs
+        one,
+        state_bytes=one.state_bytes * config.seeds,
+        activation_bytes=one.activation_bytes * config.seeds,
+    )
     if bound.total_bytes > capacity:
         need = f"at least {bound.total_bytes / GiB:,.1f} GiB"
         if train:
@@ -135,10 +145,12 @@ def check_size(
                 f"layer outputs {bound.activation_bytes / GiB:,.1f})"
             )
         step = "a train step" if train else "its weights"
+        if config.seeds > 1:
+            step += f" of {config.seeds} seeds"
         raise TrainingError(
             f"{config.model} has {bound.num_params:,} parameters: {step} needs {need} per "
             f"device, more than the {capacity / GiB:,.1f} GiB of {where or 'the device'}; "
-            "choose a smaller model" + (" or --batch-size" if train else "")
+            + _advice(config.seeds, capacity // max(one.total_bytes, 1), train)
         )
     return bound
 
@@ -173,15 +185,24 @@ def check_fits(run: Run) -> MemoryEstimate | None:
             f"an estimated {need.total_bytes / GiB:.1f} GiB (state {need.state_bytes / GiB:.1f}, "
             f"gradients {need.grad_bytes / GiB:.1f}, activations {need.activation_bytes / GiB:.1f})"
         )
-        raise _too_big(run, need.num_params, detail, capacity, device)
+        raise _too_big(run, need, detail, capacity, device)
     return need
 
 
 def _too_big(
-    run: Run, num_params: int, need: str, capacity: int, device: jax.Device
+    run: Run, need: MemoryEstimate, detail: str, capacity: int, device: jax.Device
 ) -> TrainingError:
+    step = "a train step" + (f" of {run.seeds} seeds" if run.seeds > 1 else "")
+    per_replica = need.total_bytes // run.seeds
     return TrainingError(
-        f"{run.config.model} has {num_params:,} parameters: a train step needs {need} per "
+        f"{run.config.model} has {need.num_params:,} parameters: {step} needs {detail} per "
         f"device, more than the {capacity / GiB:.1f} GiB of {device.platform} memory; "
-        "choose a smaller model or --batch-size"
+        + _advice(run.seeds, capacity // max(per_replica, 1), train=True)
     )
+
+
+def _advice(seeds: int, seeds_that_fit: int, train: bool) -> str:
+    """What to change; with ``--seeds``, how many replicas fit (the one-line answer)."""
+    if seeds > 1 and seeds_that_fit >= 1:
+        return f"at most --seeds {seeds_that_fit} fits"
+    return "choose a smaller model" + (" or --batch-size" if train else "")

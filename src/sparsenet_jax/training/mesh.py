@@ -19,14 +19,21 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(devs, ("data",))
 
 
-def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
-    """(replicated, batch-sharded) shardings on ``mesh``."""
-    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+def shardings(mesh: Mesh, replicas: bool = False) -> tuple[NamedSharding, NamedSharding]:
+    """(replicated, batch-sharded) shardings on ``mesh``.
+
+    With ``replicas`` the batch leads with the replica axis (``--seeds``), which
+    is not split: the examples axis behind it is.
+    """
+    batch_spec = PartitionSpec(None, "data") if replicas else PartitionSpec("data")
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, batch_spec)
 
 
-def jit_train_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+def jit_train_step(
+    step_fn: Callable[..., Any], mesh: Mesh, replicas: bool = False
+) -> Callable[..., Any]:
     """Jit with the state replicated and donated, the batch sharded over ``data``."""
-    replicated, batched = shardings(mesh)
+    replicated, batched = shardings(mesh, replicas)
     return jax.jit(
         step_fn,
         in_shardings=(replicated, batched),
@@ -40,9 +47,11 @@ def jit_eval_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]
     return jax.jit(step_fn, in_shardings=(replicated, batched), out_shardings=replicated)
 
 
-def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(
+    local: Mapping[str, np.ndarray], mesh: Mesh, replicas: bool = False
+) -> dict[str, jax.Array]:
     """Assemble each host's slice of the batch into one global array sharded over ``data``."""
-    _, batched = shardings(mesh)
+    _, batched = shardings(mesh, replicas)
     return {
         k: jax.make_array_from_process_local_data(batched, np.asarray(v)) for k, v in local.items()
     }

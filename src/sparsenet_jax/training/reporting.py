@@ -98,9 +98,11 @@ class MetricsWriter:
         if self.on_record is not None:
             self.on_record(record)
         if self.tb is not None:
+            # A replica's curves go under its seed: train/loss/seed_3.
+            suffix = f"/seed_{record['seed']}" if "seed" in record else ""
             for key, value in record.items():
-                if key not in ("split", "step") and isinstance(value, (int, float)):
-                    self.tb.add_scalar(f"{record['split']}/{key}", value, record["step"])
+                if key not in ("split", "step", "seed") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{record['split']}/{key}{suffix}", value, record["step"])
 
     def close(self) -> None:
         tb, self.tb = self.tb, None
@@ -112,14 +114,25 @@ class MetricsWriter:
             print(f"warning: TensorBoard events not flushed ({err.strerror})", file=sys.stderr)
 
 
-def best_so_far(path: pathlib.Path) -> tuple[float, int] | None:
-    """(best test accuracy, its epoch) among the records of an earlier run, if any."""
-    best = None
+Best = dict[int | None, tuple[float, int]]
+"""Best test accuracy and its epoch, by replica seed (``None``: a run of one seed)."""
+
+
+def best_so_far(path: pathlib.Path) -> Best:
+    """The best test accuracy and its epoch of each seed among an earlier run's records."""
+    best: Best = {}
     if path.exists():
         for rec in read_jsonl(path):
-            if rec.get("split") == "test" and (best is None or rec["accuracy"] > best[0]):
-                best = (rec["accuracy"], math.ceil(rec["epoch"]))
+            if rec.get("split") == "test":
+                update_best(best, rec)
     return best
+
+
+def update_best(best: Best, record: Record) -> None:
+    """Fold one test record into ``best`` (its ``seed`` field, if any, says whose)."""
+    seed = record.get("seed")
+    if seed not in best or record["accuracy"] > best[seed][0]:
+        best[seed] = (record["accuracy"], math.ceil(record["epoch"]))
 
 
 class StepTimer:
@@ -145,13 +158,26 @@ class StepTimer:
     def elapsed(self) -> float:
         return max(time.time() - self.start - self.paused_s, 1e-9)
 
-    def summary(self, step: int, steps_per_epoch: int, lr: Callable[[int], Any]) -> Record:
-        """Mean train metrics over the window and the window's speeds; starts a new window."""
-        record = summarise(self.metrics, step, steps_per_epoch, lr)
-        record["images_per_sec"] = self.images / self.elapsed()
-        record["input_images_per_sec"] = self.images / max(self.data_s, 1e-9)
+    def summary(
+        self,
+        step: int,
+        steps_per_epoch: int,
+        lr: Callable[[int], Any],
+        seeds: Sequence[int] | None = None,
+    ) -> list[Record]:
+        """Mean train metrics over the window and its speeds, a record per replica; starts a new window.
+
+        ``seeds`` names the replicas of a ``--seeds`` run (metrics with a
+        leading replica axis); each record then has its ``seed``, and the speeds
+        are the whole program's (all replicas' images).
+        """
+        records = summarise(self.metrics, step, steps_per_epoch, lr, seeds)
+        speeds = {  # after summarise: it waits for the window's steps to finish
+            "images_per_sec": self.images / self.elapsed(),
+            "input_images_per_sec": self.images / max(self.data_s, 1e-9),
+        }
         self.reset()
-        return record
+        return [{**record, **speeds} for record in records]
 
 
 def summarise(
@@ -159,14 +185,19 @@ def summarise(
     step: int,
     steps_per_epoch: int,
     lr: Callable[[int], Any],
-) -> Record:
-    """The mean of each train metric over ``window`` (fetched from the devices)."""
+    seeds: Sequence[int] | None = None,
+) -> list[Record]:
+    """The mean of each train metric over ``window`` (fetched from the devices), per replica."""
     values = jax.device_get(list(window))
-    record: Record = {"split": "train", "step": step, "epoch": step / steps_per_epoch}
-    for key in values[0]:
-        record[key] = float(np.mean([v[key] for v in values]))
-    record["lr"] = float(lr(step - 1))
-    return record
+    head: Record = {"split": "train", "step": step, "epoch": step / steps_per_epoch}
+    means = {key: np.mean([v[key] for v in values], axis=0) for key in values[0]}
+    rate = float(lr(step - 1))
+    if seeds is None:
+        return [{**head, **{k: float(v) for k, v in means.items()}, "lr": rate}]
+    return [
+        {**head, "seed": seed, **{k: float(v[i]) for k, v in means.items()}, "lr": rate}
+        for i, seed in enumerate(seeds)
+    ]
 
 
 _COMPILE = {"seconds": 0.0, "cache_hits": 0}

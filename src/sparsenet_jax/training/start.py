@@ -12,12 +12,14 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
-from sparsenet_jax.training import health, steps
+from sparsenet_jax.training import health, replicas, steps
 from sparsenet_jax.training import mesh as mesh_lib
 from sparsenet_jax.training.build import Run
 from sparsenet_jax.training.checkpoints import Checkpoints
 from sparsenet_jax.training.errors import TrainingError
+from sparsenet_jax.training.identity import read_saved
 
 log = logging.getLogger("sparsenet_jax.training")
 
@@ -69,20 +71,28 @@ def _refuse_if_diverged(
 
 
 def from_init(run: Run, initial: steps.TrainState) -> steps.TrainState:
-    """``initial`` with the weights of ``--init-from`` (optimizer state and step fresh)."""
-    variables = load_init_variables(run)
+    """``initial`` with the weights of ``--init-from`` (optimizer state and step fresh).
+
+    With ``--seeds`` every replica starts from those weights; a re-initialised
+    classifier is drawn from each replica's own seed.
+    """
+    per_seed = [load_init_variables(run, seed) for seed in run.config.replica_seeds]
+    variables = per_seed[0] if run.seeds == 1 else jax.tree.map(lambda *v: jnp.stack(v), *per_seed)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    state = initial.replace(params=params, batch_stats=batch_stats, opt_state=run.tx.init(params))
+    init = run.tx.init if run.seeds == 1 else jax.vmap(run.tx.init)
+    state = initial.replace(params=params, batch_stats=batch_stats, opt_state=init(params))
     return mesh_lib.replicate(state, run.mesh)
 
 
-def load_init_variables(run: Run) -> dict[str, Any]:
+def load_init_variables(run: Run, seed: int | None = None) -> dict[str, Any]:
     """``{"params", "batch_stats"}`` for ``run.model`` from ``--init-from``.
 
     A ``.pth``/``.npz`` is an official PyTorch checkpoint; anything else is one
     of our workdirs (its newest good checkpoint) or one of its checkpoint
-    folders (``WORKDIR/checkpoints/STEP``).
+    folders (``WORKDIR/checkpoints/STEP``). A re-initialised classifier is drawn
+    from ``seed`` (default: the run's).
     """
+    seed = run.config.seed if seed is None else seed
     from sparsenet_jax.model.convert import load_pretrained
     from sparsenet_jax.model.finetune import adapt_num_classes
 
@@ -93,14 +103,14 @@ def load_init_variables(run: Run) -> dict[str, Any]:
                 run.model,  # load_pretrained reads the file's own number of classes
                 source,
                 num_classes=run.info.num_classes,
-                seed=run.config.seed,
+                seed=seed,
             )
         except (ValueError, TypeError, KeyError) as err:
             raise TrainingError(f"--init-from {source}: {err}") from None
     tree = _restore_other_run(source)
     variables = {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
     try:
-        return adapt_num_classes(run.model, variables, run.config.seed)
+        return adapt_num_classes(run.model, variables, seed)
     except ValueError as err:
         raise TrainingError(f"--init-from {source}: {err}") from None
 
@@ -124,4 +134,9 @@ def _restore_other_run(source: pathlib.Path) -> dict[str, Any]:
         raise TrainingError(f"--init-from {source}: no checkpoint in {workdir / 'checkpoints'}")
     tree, found = restored
     log.info("initialised from step %d of %s", found, workdir)
+    tree = {key: tree[key] for key in ("params", "batch_stats") if key in tree}
+    seeds = int((read_saved(workdir) or {}).get("seeds", 1))
+    if seeds > 1:  # a --seeds run: its first replica
+        log.info("%s holds %d replicas (--seeds); starting from the first", workdir, seeds)
+        tree = replicas.select(tree, 0, seeds)
     return jax.device_get(tree)

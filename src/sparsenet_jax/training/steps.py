@@ -87,10 +87,33 @@ def make_train_step(
     Random numbers (augmentation, dropout) derive from ``(seed, state.step)``,
     so a resumed run draws exactly what an uninterrupted one would.
     """
+    seeded = make_seeded_train_step(model, tx, preprocess, label_smoothing)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        # rbg: XLA compiles its bit generator much faster than threefry (dropout masks).
-        rng = jax.random.fold_in(jax.random.key(seed, impl="rbg"), state.step)
+        return seeded(seed, state, batch)
+
+    return train_step
+
+
+def make_seeded_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    preprocess: Preprocess = identity_preprocess,
+    label_smoothing: float = 0.0,
+) -> Callable[[int | jax.Array, TrainState, Batch], tuple[TrainState, Metrics]]:
+    """:func:`make_train_step` with the seed an argument, (seed, state, batch) → (state, metrics).
+
+    The seed may be traced (``vmap`` over replicas' seeds, :mod:`replicas`): it
+    draws the same numbers as the same seed given as a Python int.
+    """
+
+    def train_step(
+        seed: int | jax.Array, state: TrainState, batch: Batch
+    ) -> tuple[TrainState, Metrics]:
+        # threefry, not rbg: under vmap (--seeds) rbg draws other bits for every replica
+        # but the first, so replica i would not be the run of its seed alone. rbg only
+        # compiled faster for large dropout masks (model/network.py still inits with it).
+        rng = jax.random.fold_in(jax.random.key(seed, impl="threefry2x32"), state.step)
         aug_rng, dropout_rng = jax.random.split(rng)
         images = preprocess(aug_rng, batch["image"], True)
         labels = batch["label"]
