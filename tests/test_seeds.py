@@ -15,8 +15,16 @@ import pytest
 
 from sparsenet_jax import data as data_lib
 from sparsenet_jax.model.presets import create_model
-from sparsenet_jax.training import build, config, health, input_pipeline, memory, optim
-from sparsenet_jax.training import replicas, steps
+from sparsenet_jax.training import (
+    build,
+    config,
+    health,
+    input_pipeline,
+    memory,
+    optim,
+    replicas,
+    steps,
+)
 from sparsenet_jax.training import mesh as mesh_lib
 from sparsenet_jax.training.config import ConfigError, TrainConfig
 from sparsenet_jax.training.errors import TrainingError
@@ -82,7 +90,8 @@ def _assert_within_rounding(mine, solo, start):
         assert np.abs(np.asarray(a, np.float64) - b).max() <= 0.02 * moved + 1e-7, path[0]
 
 
-def test_replicas_compute_the_solo_steps_exactly_in_float64():
+@pytest.mark.parametrize("mode", replicas.REPLICA_MODES)
+def test_replicas_compute_the_solo_steps_exactly_in_float64(mode):
     """The vmapped step is the solo step's arithmetic: equal to 1e-10 in float64.
 
     (In float32 the grouped convolutions round differently, and BatchNorm over
@@ -100,7 +109,7 @@ def test_replicas_compute_the_solo_steps_exactly_in_float64():
         solo = [steps.create_train_state(model, tx, s, (1, 32, 32, 1)) for s in seeds]
         together = replicas.stack(solo)
         seeded = steps.make_seeded_train_step(model, tx, preprocess, label_smoothing=0.1)
-        step_n = jax.jit(replicas.train_step(seeded, seeds))
+        step_n = jax.jit(replicas.train_step(seeded, seeds, mode))
         step_1 = [jax.jit(steps.make_train_step(model, tx, s, preprocess, 0.1)) for s in seeds]
         rng = np.random.default_rng(0)
         for _ in range(2):
@@ -111,7 +120,9 @@ def test_replicas_compute_the_solo_steps_exactly_in_float64():
                 solo[i], solo_metrics = step_1[i](solo[i], {"image": images[i], "label": labels[i]})
                 np.testing.assert_allclose(metrics["loss"][i], solo_metrics["loss"], rtol=1e-12)
         for i in range(3):
-            chex.assert_trees_all_close(replicas.select(together, i, 3), solo[i], rtol=1e-10, atol=1e-12)
+            chex.assert_trees_all_close(
+                replicas.select(together, i, 3), solo[i], rtol=1e-10, atol=1e-12
+            )
 
 
 def test_replica_batches_follow_each_seeds_order():
@@ -123,6 +134,13 @@ def test_replica_batches_follow_each_seeds_order():
         solo = next(input_pipeline.epoch_batches(_config(seed=2 + i), splits, epoch=1))
         np.testing.assert_array_equal(stacked["label"][i], solo["label"])
         np.testing.assert_array_equal(stacked["image"][i], solo["image"])
+
+
+def test_the_cpu_unrolls_the_replicas_and_an_unknown_mode_is_refused():
+    assert build.default_replica_mode("cpu") == "unroll"
+    assert build.default_replica_mode("gpu") == build.default_replica_mode("tpu") == "vmap"
+    with pytest.raises(ValueError, match="replica mode 'loop': choose from vmap, unroll"):
+        replicas.train_step(lambda *a: a, (0, 1), "loop")
 
 
 def test_select_refuses_an_index_out_of_range():
@@ -150,7 +168,7 @@ def test_memory_check_scales_with_seeds_and_says_how_many_fit():
     eight = memory.check_size(dataclasses.replace(cfg, seeds=8), devices=1, capacity=2**40)
     assert eight is not None and eight.total_bytes == 8 * one.total_bytes
     capacity = int(3.5 * one.total_bytes)
-    with pytest.raises(TrainingError, match="of 8 seeds needs .* at most --seeds 3 fits"):
+    with pytest.raises(TrainingError, match=r"of 8 seeds needs .* at most --seeds 3 fits"):
         memory.check_size(dataclasses.replace(cfg, seeds=8), devices=1, capacity=capacity)
 
 

@@ -47,6 +47,17 @@ def backend_defaults(platform: str) -> dict[str, Any]:
     return {"share_stats": True} if platform == "tpu" else {}
 
 
+def default_replica_mode(platform: str) -> str:
+    """How ``--seeds`` replicas share a program (:data:`replicas.REPLICA_MODES`).
+
+    ``vmap`` batches the replicas: a convolution whose kernel differs per
+    replica becomes one grouped convolution. XLA:CPU runs those far slower
+    than the replicas' own convolutions one after another
+    (``benchmarks/seeds.py``), so on a CPU the replicas are unrolled.
+    """
+    return "unroll" if platform == "cpu" else "vmap"
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """Everything a caller needs to train, evaluate or compile ahead of time.
@@ -213,6 +224,7 @@ def build_run(
     config: TrainConfig,
     devices: Sequence[jax.Device] | None = None,
     info: data_lib.DatasetInfo | None = None,
+    replica_mode: str | None = None,
 ) -> Run:
     """Build the run ``config`` describes, on ``devices`` (default: all of them).
 
@@ -222,6 +234,8 @@ def build_run(
         one): nothing here allocates or runs anything on them.
       info: the dataset's facts as read (sizes, classes, statistics); default:
         the catalogue's (an image folder's are read from its data).
+      replica_mode: how ``--seeds`` replicas share the program; default: the
+        backend's (:func:`default_replica_mode`).
 
     Raises:
       TrainingError: the batch sizes do not fit the devices or the dataset.
@@ -257,7 +271,8 @@ def build_run(
         config.model, num_classes=info.num_classes, **{**model_kwargs, "dtype": _dtype(config)}
     )
     preprocess = make_preprocess(config, info)
-    train_step, eval_step = _pure_steps(config, model, tx, preprocess, info.num_classes)
+    mode = replica_mode or default_replica_mode(platform)
+    train_step, eval_step = _pure_steps(config, model, tx, preprocess, info.num_classes, mode)
     return Run(
         config=config,
         info=info,
@@ -279,6 +294,7 @@ def _pure_steps(
     tx: optax.GradientTransformation,
     preprocess: steps.Preprocess,
     num_classes: int,
+    replica_mode: str,
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The train and eval steps before jit: of one network, or vmapped over ``--seeds`` replicas."""
     top_k = 5 if num_classes > 10 else 0
@@ -289,7 +305,8 @@ def _pure_steps(
         )
         return train_step, eval_step
     seeded = steps.make_seeded_train_step(model, tx, preprocess, config.label_smoothing)
-    return replicas.train_step(seeded, config.replica_seeds), replicas.eval_step(eval_step)
+    train_step = replicas.train_step(seeded, config.replica_seeds, replica_mode)
+    return train_step, replicas.eval_step(eval_step)
 
 
 def _steps_per_epoch(config: TrainConfig, info: data_lib.DatasetInfo, devices: int) -> int:

@@ -59,22 +59,57 @@ def select(tree: Any, index: int, count: int) -> Any:
     return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
+REPLICA_MODES = ("vmap", "unroll")
+
+
 def train_step(
-    step_for_seed: Callable[..., tuple[steps.TrainState, steps.Metrics]], seeds: Sequence[int]
+    step_for_seed: Callable[..., tuple[steps.TrainState, steps.Metrics]],
+    seeds: Sequence[int],
+    mode: str = "vmap",
 ) -> Callable[[steps.TrainState, steps.Batch], tuple[steps.TrainState, steps.Metrics]]:
     """The pure step of N replicas: each metric gets a leading axis of size N.
 
     Args:
       step_for_seed: ``(seed, state, batch) → (state, metrics)`` of one replica.
       seeds: the replicas' seeds, in order.
+      mode: ``vmap``: one batched program, where a convolution whose kernel
+        differs per replica becomes a grouped convolution; ``unroll``: the N
+        replicas' steps side by side in one program, each with the solo step's
+        convolutions (XLA:CPU's grouped convolutions are slow).
     """
     seed_array = np.asarray(seeds, np.uint32)
+    if mode == "unroll":
+        return _unrolled(step_for_seed, [int(s) for s in seeds])
+    if mode != "vmap":
+        raise ValueError(f"replica mode {mode!r}: choose from {', '.join(REPLICA_MODES)}")
     batched = jax.vmap(step_for_seed, in_axes=(0, state_axes(), 0), out_axes=(state_axes(), 0))
 
     def replicated_step(
         state: steps.TrainState, batch: steps.Batch
     ) -> tuple[steps.TrainState, steps.Metrics]:
         return batched(jnp.asarray(seed_array), state, batch)
+
+    return replicated_step
+
+
+def _unrolled(
+    step_for_seed: Callable[..., tuple[steps.TrainState, steps.Metrics]], seeds: list[int]
+) -> Callable[[steps.TrainState, steps.Batch], tuple[steps.TrainState, steps.Metrics]]:
+    def replicated_step(
+        state: steps.TrainState, batch: steps.Batch
+    ) -> tuple[steps.TrainState, steps.Metrics]:
+        count = len(seeds)
+        outs = [
+            step_for_seed(
+                seed,
+                select(state, i, count),
+                {k: v[i] for k, v in batch.items()},
+            )
+            for i, seed in enumerate(seeds)
+        ]
+        new_state = stack([new for new, _ in outs])
+        metrics = {k: jnp.stack([m[k] for _, m in outs]) for k in outs[0][1]}
+        return new_state, metrics
 
     return replicated_step
 
