@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -200,3 +201,80 @@ def test_cli_exports_a_trained_workdir(tmp_path):
     )
     info = json.loads(pathlib.Path(f"{out}.json").read_text())
     assert info["dataset"] == "digits" and info["step"] == 2 and info["mean"] == [0.3058]
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """A --seeds 2 workdir, written as the trainer writes one: config.json and a checkpoint."""
+    from sparsenet_jax.training import config as config_lib
+    from sparsenet_jax.training import identity
+    from sparsenet_jax.training.build import build_run
+    from sparsenet_jax.training.checkpoints import Checkpoints
+
+    workdir = tmp_path_factory.mktemp("seeds") / "w"
+    workdir.mkdir()
+    values = {"model": "sparsenet-7-4", "batch_size": 32, "seed": 4, "seeds": 2}
+    cfg = config_lib.from_dict({**config_lib.RECIPES["digits"], **values, "workdir": str(workdir)})
+    run = build_run(cfg, jax.devices("cpu")[:1])
+    state = run.init_state()
+    identity.record(workdir, cfg, run.info)
+    checkpoints = Checkpoints(workdir)
+    checkpoints.save(state, force=True)
+    checkpoints.wait()
+    checkpoints.close()
+    return workdir, run.model, jax.device_get(state)
+
+
+def test_seed_index_exports_that_replica_and_the_sidecar_names_its_seed(
+    two_seeds, tmp_path, capsys
+):
+    from sparsenet_jax.training import replicas
+
+    workdir, model, state = two_seeds
+    out = tmp_path / "m.jax"
+    argv = ["--workdir", str(workdir), "--out", str(out), "--platforms", "cpu"]
+    assert export.main([*argv, "--seed-index", "1"]) == 0
+    assert f"wrote {out} from step 0 of seed 5 (one of 2) for cpu" in capsys.readouterr().out
+    info = json.loads(pathlib.Path(f"{out}.json").read_text())
+    assert (info["seed"], info["seed_index"], info["seeds"]) == (5, 1, 2)
+    x = jax.random.normal(jax.random.key(0), (3, 32, 32, 1))
+    logits = sj.load_exported(out)(x)
+    for index, same in ((1, True), (0, False)):
+        mine = replicas.select(state, index, 2)
+        variables = {"params": mine.params, "batch_stats": mine.batch_stats}
+        expected = jax.jit(model.apply)(variables, x)
+        assert np.allclose(logits, expected, atol=1e-5, rtol=1e-5) is same, index
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        (None, r"w holds 2 networks \(--seeds 2\): pass --seed-index 0 … 1 to choose"),
+        ("2", r"--seed-index 2: .*w holds 2 seeds, index 0 … 1"),
+        ("-1", r"--seed-index -1: .*w holds 2 seeds, index 0 … 1"),
+    ],
+)
+def test_a_seeds_workdir_needs_a_seed_index_in_range(tmp_path, capsys, index, message):
+    workdir, out = tmp_path / "w", tmp_path / "m.jax"
+    workdir.mkdir()
+    saved = {"model": "sparsenet-13-6", "dataset": "digits", "seeds": 2}
+    (workdir / "config.json").write_text(json.dumps(saved))
+    argv = ["--workdir", str(workdir), "--out", str(out)]
+    assert export.main(argv + ([] if index is None else ["--seed-index", index])) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+    assert not out.exists()
+
+
+def test_a_one_seed_workdir_takes_only_seed_index_0(tmp_path, capsys):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(
+        json.dumps({"model": "sparsenet-13-6", "dataset": "digits"})
+    )
+    argv = ["--workdir", str(workdir), "--out", str(tmp_path / "m.jax")]
+    assert export.main([*argv, "--seed-index", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a run of one seed; only --seed-index 0 applies" in err
+    assert export.main([*argv, "--seed-index", "0"]) == 1  # accepted: on to the checkpoints
+    assert "no checkpoint in" in capsys.readouterr().err

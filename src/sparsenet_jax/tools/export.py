@@ -11,7 +11,9 @@ sidecar's facts, which :func:`~sparsenet_jax.load_exported` verifies before
 any byte reaches jax.
 
 Command line: ``python -m sparsenet_jax.export --workdir W --out model.jax``
-exports the newest checkpoint of a training workdir.
+exports the newest checkpoint of a training workdir. A ``--seeds N`` workdir
+holds N networks: ``--seed-index I`` (0 … N-1) names the one to write, and
+the sidecar records its ``seed``, ``seed_index`` and the run's ``seeds``.
 
 Serialization needs the ``flatbuffers`` package (``pip install flatbuffers``).
 """
@@ -37,7 +39,7 @@ from sparsenet_jax.data import DatasetInfo, dataset_info
 from sparsenet_jax.model.network import SparseNet
 from sparsenet_jax.tools.artifact import identity_digest
 from sparsenet_jax.training import config as config_lib
-from sparsenet_jax.training import identity, memory
+from sparsenet_jax.training import identity, memory, replicas
 from sparsenet_jax.training.build import build_run
 from sparsenet_jax.training.checkpoints import Checkpoints
 from sparsenet_jax.training.config import TrainConfig
@@ -56,6 +58,8 @@ class ExportResult:
     platforms: tuple[str, ...]
     notes: tuple[str, ...] = ()
     step: int | None = None  # the checkpoint exported (from a workdir)
+    seed: int | None = None  # the exported network's --seed (from a workdir)
+    seeds: int = 1  # how many replicas the workdir holds (--seeds)
 
 
 def export_model(
@@ -174,6 +178,7 @@ def export_workdir(
     step: int | None = None,
     dtype: str = "float32",
     platforms: Sequence[str] | None = None,
+    seed_index: int | None = None,
 ) -> ExportResult:
     """Export the newest (or ``step``'s) checkpoint of a training workdir.
 
@@ -185,13 +190,17 @@ def export_workdir(
       dtype: compute dtype of the export, ``"float32"`` or ``"bfloat16"``;
         the weights stay float32.
       platforms: see :func:`export_model`.
+      seed_index: which replica of a ``--seeds N`` workdir to write, 0 … N-1
+        (required there); a one-seed workdir accepts only 0.
 
     Raises:
-      ExportError: no workdir, no config, no readable checkpoint.
+      ExportError: no workdir, no config, no readable checkpoint, a missing or
+        out-of-range ``seed_index``.
     """
     _check_out(out_path)
     root = pathlib.Path(workdir)
     config, info = _config_of(root, dtype)
+    index = _seed_index(root, config.seeds, seed_index)
     checkpoints = Checkpoints(root)
     if not checkpoints.saved_steps():
         raise ExportError(
@@ -212,7 +221,10 @@ def export_workdir(
             f"no checkpoint in {checkpoints.folder}: train first, or pass another --workdir"
         )
     state, restored_step = restored
+    if run.seeds > 1:  # the checkpoint holds every replica: keep the one asked for
+        state = replicas.select(state, index, run.seeds)
     info = run.info
+    seed = run.config.replica_seeds[index]
     metadata = {
         "model": run.config.model,
         "model_kwargs": run.config.model_kwargs,
@@ -220,12 +232,35 @@ def export_workdir(
         "mean": list(info.mean),
         "std": list(info.std),
         "step": restored_step,
+        "seed": seed,
+        "seed_index": index,
+        "seeds": run.seeds,
     }
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     result = export_model(
         run.model, variables, out_path, platforms, image_size=info.image_size, metadata=metadata
     )
-    return dataclasses.replace(result, step=restored_step)
+    return dataclasses.replace(result, step=restored_step, seed=seed, seeds=run.seeds)
+
+
+def _seed_index(root: pathlib.Path, seeds: int, asked: int | None) -> int:
+    """The replica to export: ``asked``, checked against the workdir's ``--seeds``."""
+    if seeds > 1 and asked is None:
+        raise ExportError(
+            f"{root} holds {seeds} networks (--seeds {seeds}): pass --seed-index 0 … "
+            f"{seeds - 1} to choose the one to export"
+        )
+    if asked is None:
+        return 0
+    if seeds == 1 and asked != 0:
+        raise ExportError(
+            f"--seed-index {asked}: {root} is a run of one seed; only --seed-index 0 applies"
+        )
+    if not 0 <= asked < seeds:
+        raise ExportError(
+            f"--seed-index {asked}: {root} holds {seeds} seeds, index 0 … {seeds - 1}"
+        )
+    return asked
 
 
 # ---------------------------------------------------------------------------
@@ -282,6 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, help="the training workdir")
     parser.add_argument("--out", required=True, help="the artifact to write (e.g. model.jax)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    parser.add_argument(
+        "--seed-index",
+        type=int,
+        metavar="I",
+        help="of a --seeds N workdir, the replica to export (0 … N-1; required there)",
+    )
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument(
         "--platforms",
@@ -293,13 +334,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         setup_platforms()  # one line for a JAX_PLATFORMS this machine lacks; quiet on CPU
         result = export_workdir(
-            args.workdir, args.out, step=args.step, dtype=args.dtype, platforms=platforms
+            args.workdir,
+            args.out,
+            step=args.step,
+            dtype=args.dtype,
+            platforms=platforms,
+            seed_index=args.seed_index,
         )
     except (ExportError, ImportError, OSError, ValueError, TypeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    whose = f" of seed {result.seed} (one of {result.seeds})" if result.seeds > 1 else ""
     print(
-        f"wrote {result.path} from step {result.step} for {', '.join(result.platforms)} "
+        f"wrote {result.path} from step {result.step}{whose} for {', '.join(result.platforms)} "
         f"(metadata: {result.path}.json)"
     )
     for note in result.notes:
