@@ -3,6 +3,7 @@ a real compile for a TPU topology with libtpu's compile-only devices."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -184,6 +185,49 @@ def test_report_arithmetic_and_text():
     assert json.loads(json.dumps(result)) == result  # plain JSON, dtypes as strings
     report = aot_report.text(result)
     assert "roofline" in report and "197 TFLOP/s" in report and "819 GB/s" in report
+
+
+def test_report_of_several_seeds_counts_their_images_and_says_how_many_fit():
+    config = config_lib.from_dict(
+        {**config_lib.RECIPES["digits"], "model": "sparsenet-7-4", "workdir": "/tmp/unused"}
+    )
+    run = build_run(dataclasses.replace(config, seeds=4), devices=jax.devices()[:1])
+    topology = tpu_chips.parse_topology("v5e:1x1")
+    train = dataclasses.replace(_cost(197e9, 819e9, 0), temp_bytes=3 * GiB - 1100)
+    result = aot_report.report(run, topology, train, _cost(1.0, 1.0, 10**6))
+    assert result["seeds"] == 4 and result["images_per_step"] == 4 * config.batch_size
+    assert result["hbm_bytes"] == 3 * GiB - 1100 + 1100  # arguments + outputs − donated
+    # 4 replicas in 3 GiB: 0.75 GiB each, so 16 GiB holds 21 of them
+    assert result["hbm_bytes_per_seed"] == 3 * GiB // 4 and result["max_seeds"] == 21
+    assert result["roofline_images_per_s"] == pytest.approx(4 * config.batch_size, rel=1e-3)
+    assert result["bytes_accessed_per_image"] == pytest.approx(819e9 / (4 * config.batch_size))
+    report = aot_report.text(result).splitlines()
+    assert f"batch {config.batch_size} × 4 seeds" in report[0]
+    assert report[-1] == (
+        "largest --seeds that fits in HBM: 21 "
+        "(0.75 GiB a replica, this compile of 4 scaled; compile --seeds 21 to confirm)"
+    )
+    assert aot_report.max_seeds(17 * GiB, 1, 16 * GiB) == 0  # not even one
+
+
+def test_seeds_compile_n_replicas_and_report_the_largest_that_fits(monkeypatch, capsys):
+    """``--seeds 2`` reaches the compiler: on CPU figures (the TPU compiler replaced by
+    XLA:CPU's), the report's HBM is two replicas' and its answer is scaled from it."""
+    monkeypatch.setattr(aot, "topology_devices", lambda topology: jax.devices("cpu")[:1])
+    compiled = []
+    real_compile = aot.compile_step
+
+    def spy(step, *args):
+        compiled.append(args[1]["image"].shape)
+        return real_compile(step, *args)
+
+    monkeypatch.setattr(aot, "compile_step", spy)
+    assert aot.main([*TINY, "--seeds", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert compiled == [(2, 16, 32, 32, 1), (16, 32, 32, 1)]  # a batch a replica; eval shared
+    assert result["seeds"] == 2 and result["images_per_step"] == 32
+    assert result["max_seeds"] == 2 * result["hbm_capacity_bytes"] // result["hbm_bytes"]
+    assert result["max_seeds"] > 2
 
 
 def _libtpu_missing() -> bool:

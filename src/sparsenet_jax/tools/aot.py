@@ -13,6 +13,11 @@ train step's per-chip program does, and the roofline images/s on that chip
 a compile-only device of each of a v4 chip's two TensorCores, and their
 programs are added up.
 
+With ``--seeds N`` the steps compiled are those of N replicas (the HBM holds
+all N; the roofline counts N batches a step), and a last line answers how many
+replicas fit: ``largest --seeds that fits in HBM: K``
+(:func:`~sparsenet_jax.tools.aot_report.max_seeds` says how it is reckoned).
+
 This module finds the devices, compiles and runs the command line; reading the
 compiler's answers, building the report and rendering it is
 :mod:`sparsenet_jax.tools.aot_report`'s job.
