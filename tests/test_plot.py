@@ -137,6 +137,72 @@ def test_plot_curves_two_runs(tmp_path):
     assert "run_a" in svg.read_text()
 
 
+def _write_seeds_run(workdir: Path, seeds: tuple[int, ...] = (3, 4, 5)) -> Path:
+    """A --seeds run's records: at each step one a replica, each with its seed."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for epoch in (1, 2):
+        for seed in seeds:
+            loss = 2.0 / epoch + 0.1 * seed
+            records.append(
+                {
+                    "split": "train",
+                    "step": 10 * epoch,
+                    "epoch": float(epoch),
+                    "seed": seed,
+                    "loss": loss,
+                    "accuracy": 0.5 + 0.01 * seed,
+                }
+            )
+        for seed in seeds:
+            records.append(
+                {
+                    "split": "test",
+                    "step": 10 * epoch,
+                    "epoch": float(epoch),
+                    "seed": seed,
+                    "loss": 1.0,
+                    "accuracy": 0.6 + 0.1 * seed,
+                }
+            )
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return workdir
+
+
+def _drawn(monkeypatch, tmp_path, workdirs, labels=None):
+    """The figure plot_curves draws (its axes), caught before it is saved."""
+    from sparsenet_jax.tools import curves
+
+    caught = []
+    real_save = curves.save
+    monkeypatch.setattr(curves, "save", lambda fig, out: caught.append(fig) or real_save(fig, out))
+    plot_curves(tmp_path / "c.png", workdirs, labels)
+    return caught[0].axes
+
+
+def test_a_seeds_run_is_its_mean_with_a_band_of_one_std(tmp_path, monkeypatch):
+    run = _write_seeds_run(tmp_path / "seeds")
+    loss, accuracy = _drawn(monkeypatch, tmp_path, [run], ["three"])
+    assert [line.get_label() for line in loss.lines] == [
+        "three — train (mean ± std of 3 seeds)",
+        "three — test (mean ± std of 3 seeds)",
+    ]
+    train, test = accuracy.lines
+    np.testing.assert_allclose(train.get_xydata(), [[1.0, 0.54], [2.0, 0.54]])
+    np.testing.assert_allclose(test.get_xydata(), [[1.0, 1.0], [2.0, 1.0]])
+    band = accuracy.collections[1]  # the test split's: seeds 3, 4, 5 → 0.9, 1.0, 1.1
+    lows, highs = band.get_paths()[0].vertices[:, 1].min(), band.get_paths()[0].vertices[:, 1].max()
+    np.testing.assert_allclose([lows, highs], [0.9, 1.1])  # mean ± 0.1 (sample std)
+
+
+def test_a_one_seed_run_is_drawn_as_before(tmp_path, monkeypatch):
+    run = _write_run(tmp_path / "one", epochs=2)
+    loss, _ = _drawn(monkeypatch, tmp_path, [run], ["one"])
+    assert [line.get_label() for line in loss.lines] == ["one — train", "one — test"]
+    assert not loss.collections  # no band
+    assert len(loss.lines[0].get_xydata()) == 6  # every record a point
+
+
 def test_malformed_lines_skipped_with_warning(tmp_path):
     run = _write_run(tmp_path / "run", epochs=2, extra='not json\n[1, 2]\n{"loss": 1.0}\n\n')
     with pytest.warns(UserWarning, match="skipped") as record:

@@ -1,7 +1,14 @@
-"""Training curves: loss and accuracy against epoch from one or more runs' ``metrics.jsonl``."""
+"""Training curves: loss and accuracy against epoch from one or more runs' ``metrics.jsonl``.
+
+A ``--seeds N`` run writes one record a replica at each step, each with its
+``seed``: such a run is drawn as the mean over its seeds, with a shaded band of
+± one standard deviation (the spread the trainer's closing line reports), so
+runs overlaid stay one line each. A run of one seed is drawn as before.
+"""
 
 from __future__ import annotations
 
+import statistics
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,7 +66,8 @@ def plot_curves(
     Reads ``WORKDIR/metrics.jsonl`` of each run (see :func:`load_metrics`). Left panel
     loss, right panel accuracy; one colour per run, solid lines for train and dashed
     with markers for test (other splits dotted). If no record has an ``"epoch"``,
-    ``"step"`` is the x axis instead.
+    ``"step"`` is the x axis instead. A ``--seeds`` run (records with a ``"seed"``)
+    is drawn as its seeds' mean with a band of ± one standard deviation.
 
     Args:
       path: output file; ``.png``, ``.svg`` or ``.pdf`` picks the format.
@@ -116,16 +124,23 @@ def _draw_run(
     x_key: str,
     colour: str,
 ) -> None:
-    """One run's lines in every panel: one line per split."""
+    """One run's lines in every panel: one line per split (a --seeds run's: their mean)."""
     splits = sorted({r["split"] for r in records}, key=lambda s: (s != "train", s != "test", s))
     for split in splits:
         rows = [r for r in records if r["split"] == split and _is_number(r.get(x_key))]
         rows.sort(key=lambda r: (r[x_key], r.get("step", 0) if _is_number(r.get("step")) else 0))
         style = _SPLIT_STYLE.get(split, {"linestyle": ":"})
+        seeds = seeds_of(rows)
         for ax, metric in zip(axes, metrics, strict=True):
             pts = [(r[x_key], r[metric]) for r in rows if _is_number(r.get(metric))]
             if not pts:
                 continue
+            name = f"{label} — {split}"
+            spread = None
+            if len(seeds) > 1:
+                xs_, ys_, spread = _over_seeds(rows, x_key, metric)
+                pts = list(zip(xs_, ys_, strict=True))
+                name += f" (mean ± std of {len(seeds)} seeds)"
             xs, ys = zip(*pts, strict=True)
             marker = "o" if split != "train" and len(pts) <= 60 else None
             ax.plot(
@@ -135,9 +150,36 @@ def _draw_run(
                 marker=marker,
                 markersize=3.5,
                 linewidth=1.4,
-                label=f"{label} — {split}",
+                label=name,
                 **style,
             )
+            if spread is not None:
+                lower = [y - d for y, d in zip(ys, spread, strict=True)]
+                upper = [y + d for y, d in zip(ys, spread, strict=True)]
+                ax.fill_between(xs, lower, upper, color=colour, alpha=0.2, linewidth=0)
+
+
+def seeds_of(records: Sequence[dict[str, Any]]) -> list[int]:
+    """The seeds a ``--seeds`` run's records name, in order; ``[]`` for a run of one seed."""
+    return sorted({r["seed"] for r in records if _is_number(r.get("seed"))})
+
+
+def _over_seeds(
+    rows: Sequence[dict[str, Any]], x_key: str, metric: str
+) -> tuple[list[float], list[float], list[float]]:
+    """At each x, the mean of ``metric`` over the seeds' records and their standard deviation.
+
+    The deviation is the sample one (``ddof=1``), as in the trainer's closing line;
+    an x that only one seed reached has none (0).
+    """
+    by_x: dict[float, list[float]] = {}
+    for r in rows:
+        if _is_number(r.get(metric)):
+            by_x.setdefault(r[x_key], []).append(float(r[metric]))
+    xs = sorted(by_x)
+    means = [statistics.fmean(by_x[x]) for x in xs]
+    spread = [statistics.stdev(by_x[x]) if len(by_x[x]) > 1 else 0.0 for x in xs]
+    return xs, means, spread
 
 
 def _finish_axes(axes: Any, metrics: Sequence[str], x_key: str) -> None:
