@@ -121,11 +121,14 @@ def max_seeds(hbm_bytes: int, seeds: int, capacity_bytes: int) -> int:
     larger step's) divided by its ``seeds`` is a replica's share, and K replicas
     are taken to need K shares. Everything a replica holds (weights, optimizer
     state, its batch, its activations) grows with K; what the replicas share
-    (the step counter, the eval batch) is counted in every share, which errs
-    towards fewer. Measured on XLA:CPU (sparsenet-13-6, digits, batch 32), the
-    train step's bytes grew 2.006× from 1 to 2 replicas and 8.03× from 1 to 8,
-    so an answer far above the compiled ``seeds`` can be a replica too high:
-    compile ``--seeds K`` to confirm it.
+    (the step counter, the eval batch) is counted in every share. It is an
+    estimate: the compiler lays out N replicas as it sees fit, and their bytes
+    need not grow in proportion. Measured (2026-11-27, sparsenet-13-6 on
+    digits, batch 32): on XLA:CPU the train step's bytes grew 2.006× from 1 to
+    2 replicas and 8.03× from 1 to 8; for a TPU v5e (libtpu) the HBM was
+    11.5 MB, 12.1 MB and 295 MB for 1, 2 and 8 replicas, so this answer was
+    1,489 from the compile of 1 and 465 from the compile of 8. Compile
+    ``--seeds K`` to confirm an answer far from the ``seeds`` compiled.
     """
     return int(capacity_bytes * seeds // max(hbm_bytes, 1))
 
