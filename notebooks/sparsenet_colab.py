@@ -284,9 +284,20 @@ print(f"{len(TABLE_PRESETS)} presets in {time.time() - start:.0f} s")
 # persistent compilation cache (`compilation_cache_dir`) live on **Google Drive**, so after a
 # disconnect the run resumes from its newest checkpoint and skips compiling. `build_run`
 # builds exactly what the trainer will run; its `config.dtype` is the resolved compute dtype.
+#
+# **`SEEDS`** (the form field): train that many replicas of the run at once, seeds 0 … N-1,
+# each exactly the run its seed gives alone, in one program (`--seeds N` on the command line).
+# One network at batch 64 leaves a TPU mostly idle, so N seeds cost far less than N runs; the
+# curves then show the seeds' mean with a band of ± one standard deviation, and step 9 the
+# test accuracy as mean ± std over the seeds. Each N gets its own workdir (a workdir refuses
+# to resume with another N), and step 6 says the largest N that fits the chip.
 
 # %% id="config"
 from sparsenet_jax.training import cli
+
+SEEDS = 1  # @param {type:"integer"}
+if os.environ.get("SPARSENET_NOTEBOOK_SEEDS", "").strip():  # CI: a run of several seeds
+    SEEDS = int(os.environ["SPARSENET_NOTEBOOK_SEEDS"])
 
 if QUICK:
     RUN = {"recipe": "digits", "model": "sparsenet-13-6", "max_steps": 30, "log_every_steps": 5}
@@ -299,7 +310,9 @@ else:
 
         drive.mount("/content/drive")
         STORAGE = pathlib.Path("/content/drive/MyDrive/sparsenet_jax")
-WORKDIR = str(STORAGE / f"{RUN['model']}-{RUN['recipe']}")
+RUN["seeds"] = SEEDS
+SEEDS_NAME = f"-{SEEDS}seeds" if SEEDS > 1 else ""  # another N: another workdir
+WORKDIR = str(STORAGE / f"{RUN['model']}-{RUN['recipe']}{SEEDS_NAME}")
 DATA_DIR = None if QUICK else str(STORAGE / "tensorflow_datasets")
 config = config_lib.from_dict(
     {
@@ -314,10 +327,12 @@ config = config_lib.from_dict(
 print("compilation cache:", cli.setup_compilation_cache(config.compilation_cache_dir))
 cli.setup_logging()  # the trainer's one-line notes ("resumed from step ...") show below cells
 run = build_run(config)
+replicas = f" × {config.seeds} seeds (seeds {config.seed} … {config.replica_seeds[-1]})"
 print(
     f"{config.model} on {config.dataset} ({'×'.join(map(str, run.image_shape))} images): "
     f"{run.num_params:,} parameters, compute dtype {run.config.dtype} (parameters float32), "
     f"{run.steps_per_epoch} steps an epoch of {config.batch_size}, {run.total_steps} steps in all"
+    + (replicas if config.seeds > 1 else "")
 )
 print("workdir:", WORKDIR)
 
@@ -337,7 +352,9 @@ print("workdir:", WORKDIR)
 import json
 
 AOT = ["-m", "sparsenet_jax.aot", "--recipe", config.recipe, "--model", config.model, "--json"]
-AOT_REPORT = STORAGE / f"aot_{config.model}_{config.recipe}.json"
+if config.seeds > 1:
+    AOT[-1:-1] = ["--seeds", str(config.seeds)]
+AOT_REPORT = STORAGE / f"aot_{config.model}_{config.recipe}{SEEDS_NAME}.json"
 if AOT_REPORT.is_file():
     print(f"the check's report from an earlier session: {AOT_REPORT}")
     checked = subprocess.CompletedProcess(AOT, 0, AOT_REPORT.read_text(), "")
@@ -362,7 +379,10 @@ if aot is not None:
         f"{aot['hbm_capacity_bytes'] / GiB:.0f}); compile: train step {aot['train_compile_s']:.0f} s, "
         f"eval step {aot['eval_compile_s']:.0f} s; a train step: "
         f"{aot['flops_per_step'] / 1e9:.1f} GFLOP, {aot['bytes_accessed_per_step'] / 1e9:.2f} GB"
+        + (f" ({aot['seeds']} seeds)" if aot.get("seeds", 1) > 1 else "")
     )
+    if "max_seeds" in aot:  # reckoned from this compile: compile that SEEDS to confirm
+        print(f"largest SEEDS that fits the chip's HBM: about {aot['max_seeds']}")
 elif said.startswith("needs "):  # the TPU compiler itself ran out of HBM
     print(f"does not fit: {said}")
 else:
@@ -390,7 +410,8 @@ if aot is None:
     print("estimated: not available here (it needs the aot check above, i.e. libtpu)")
 else:
     images_per_s = aot["roofline_images_per_s"]
-    epoch_s = run.steps_per_epoch * config.batch_size / images_per_s
+    # The roofline counts every replica's images: an epoch is each seed's pass over the data.
+    epoch_s = run.steps_per_epoch * config.batch_size * config.seeds / images_per_s
     print(
         f"estimated for {config.model} on {config.dataset} (roofline of {aot['chip']} at "
         f"{aot['peak_flops'] / 1e12:.0f} TFLOP/s and {aot['hbm_bandwidth'] / 1e9:.0f} GB/s, "
@@ -449,20 +470,26 @@ class LiveCurves:
         self.figure = display(Markdown(""), display_id=True)
         self.last_draw = 0.0
         self.latest: dict = {}  # split -> its newest record
+        self.tests: dict = {}  # seed (None: a run of one) -> its newest test record
         with contextlib.suppress(FileNotFoundError, ValueError):  # a new run: nothing yet
             self.draw()  # a resumed run: its history so far
 
     def __call__(self, record: dict) -> None:
         self.latest[record["split"]] = record
+        if record["split"] == "test":
+            self.tests[record.get("seed")] = record
         parts = []
         if train := self.latest.get("train"):
+            whose = f"seed {train['seed']} " if "seed" in train else ""
             parts += [
                 f"step {train['step']} (epoch {train['epoch']:.2f})",
-                f"train loss {train['loss']:.3f}, acc {100 * train['accuracy']:.1f}%",
+                f"{whose}train loss {train['loss']:.3f}, acc {100 * train['accuracy']:.1f}%",
                 f"lr {train['lr']:.3g}, {train['images_per_sec']:.0f} img/s",
             ]
-        if test := self.latest.get("test"):
-            parts.append(f"test (step {test['step']}) acc {100 * test['accuracy']:.1f}%")
+        if self.tests:  # with SEEDS > 1, each seed's newest
+            step = max(test["step"] for test in self.tests.values())
+            accuracies = ", ".join(f"{100 * t['accuracy']:.1f}%" for t in self.tests.values())
+            parts.append(f"test (step {step}) acc {accuracies}")
         self.status.update(Markdown(" | ".join(parts)))
         if record["split"] == "test" or time.time() - self.last_draw >= self.min_interval_s:
             self.draw()
@@ -524,13 +551,22 @@ if QUICK:  # stand in for a second tab: hold the workdir's lock, then start the 
 # ## 9. Evaluate
 #
 # `RunResult` summarises the run: the step it reached, the best test accuracy and its epoch,
-# the parameter count, the wall time, and the last test metrics. The full history is in
-# `metrics.jsonl` (`plot.load_metrics`); `plot.plot_curves` draws it (several workdirs overlay
-# runs).
+# the parameter count, the wall time, and the last test metrics. With `SEEDS` > 1 its
+# `per_seed` holds each seed's, and the line below is the mean ± std of the seeds' last test
+# accuracy (the trainer's closing line). The full history is in `metrics.jsonl`
+# (`plot.load_metrics`); `plot.plot_curves` draws it (several workdirs overlay runs).
 
 # %% id="evaluate"
 print(result)
-if result.best_test_accuracy is not None:
+if result.per_seed:  # SEEDS > 1: each seed's, and their mean ± std
+    print(cli.seeds_summary(result.per_seed))
+    for one in result.per_seed:
+        if one["last_test"]:
+            print(
+                f"seed {one['seed']}: last test accuracy {100 * one['last_test']['accuracy']:.2f}%"
+                f", best {100 * one['best_test_accuracy']:.2f}% (epoch {one['best_epoch']})"
+            )
+elif result.best_test_accuracy is not None:
     print(
         f"best test accuracy {100 * result.best_test_accuracy:.2f}% (epoch {result.best_epoch}), "
         f"{result.num_params:,} parameters, {result.final_step} steps"
@@ -554,7 +590,7 @@ display(Image(filename=str(curves)))
 from sparsenet_jax.training import input_pipeline
 from sparsenet_jax.training import mesh as mesh_lib
 from sparsenet_jax.training.checkpoints import Checkpoints
-from sparsenet_jax.training.loop import evaluate
+from sparsenet_jax.training.loop import evaluate_seeds
 
 run = build_run(config)
 checkpoints = Checkpoints(pathlib.Path(WORKDIR))
@@ -565,18 +601,27 @@ checkpoints.close()
 restored = mesh_lib.replicate(restored, run.mesh)
 print(f"restored step {step}; plain Orbax keys: {sorted(raw)}")
 
-# 1. The restored model reproduces the test metrics the loop logged at that step.
-again = evaluate(run, restored, input_pipeline.load_splits(run.config))
-print(f"restored model on the test split: loss {again['loss']}, accuracy {again['accuracy']}")
-logged = [r for r in records if r["split"] == "test" and r["step"] == step]
-if not logged:  # a run stopped between two evaluations
-    print(f"no test record at step {step} to compare with")
-else:
+# 1. The restored model reproduces the test metrics the loop logged at that step (with
+#    SEEDS > 1, each seed's: the checkpoint holds every replica).
+splits = input_pipeline.load_splits(run.config)
+named = run.config.replica_seeds if run.seeds > 1 else [None]
+for seed, again in zip(named, evaluate_seeds(run, restored, splits), strict=True):
+    whose = "" if seed is None else f" (seed {seed})"
+    print(
+        f"restored model on the test split{whose}: loss {again['loss']}, "
+        f"accuracy {again['accuracy']}"
+    )
+    logged = [
+        r for r in records if r["split"] == "test" and r["step"] == step and r.get("seed") == seed
+    ]
+    if not logged:  # a run stopped between two evaluations
+        print(f"no test record at step {step} to compare with")
+        continue
     want = logged[-1]
     print(f"logged by the loop at step {step}: loss {want['loss']}, accuracy {want['accuracy']}")
     assert again["accuracy"] == want["accuracy"], (again, want)
     assert abs(again["loss"] - want["loss"]) <= 1e-5 * max(1.0, abs(want["loss"])), (again, want)
-    print("test metrics match: OK")
+    print(f"test metrics match{whose}: OK")
 
 # 2. Plain Orbax reads the same arrays; training moved them away from the initial state.
 same = jax.tree.map(np.array_equal, restored.params, raw["params"])
@@ -621,7 +666,7 @@ else:
 # ## Next
 #
 # * Full run: set `QUICK = False` on a v5e-1 TPU runtime and run all; after a disconnect, run
-#   all again.
+#   all again. `SEEDS = 3` trains seeds 0, 1 and 2 at once for a mean ± std.
 # * Other networks: any name of `sparsenet_jax.list_models()` as `"model"`, e.g.
 #   `"densenet-40-12"` for the paper's baseline, `"recipe": "cifar100"` for CIFAR-100.
 # * Command line equivalent: `python -m sparsenet_jax.train --recipe cifar10 --workdir runs/c10`,

@@ -168,9 +168,25 @@ def _libtpu_installed() -> bool:
     return importlib.util.find_spec("libtpu") is not None
 
 
-@pytest.mark.slow  # about 3 minutes on a 2-core CPU, most of it XLA compiling
-def test_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
+def test_seeds_is_a_form_field_that_reaches_the_config():
+    code = _cells_source("config")
+    assert 'SEEDS = 1  # @param {type:"integer"}' in code
+    namespace: dict = {}
+    # The config cell's lines up to the config, with SEEDS = 3, in full mode off Colab.
+    head = code[: code.index("config = config_lib.from_dict")]
+    head = head.replace('SEEDS = 1  # @param {type:"integer"}', "SEEDS = 3")
+    exec(  # the notebook's own source
+        "import os, pathlib, tempfile\nQUICK, ON_COLAB = False, False\n" + head, namespace
+    )
+    assert namespace["RUN"]["seeds"] == 3
+    assert namespace["WORKDIR"] == str(pathlib.Path("runs") / "sparsenet-40-24-cifar10-3seeds")
+
+
+def _run_notebook(tmp_path, monkeypatch, **env: str) -> dict:
+    """Execute the notebook in quick mode on CPU; its cells by id, with their outputs."""
     # The kernel inherits this environment.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("SPARSENET_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's workdir and figures go here
@@ -193,7 +209,14 @@ def test_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
     for cell in notebook.cells:
         errors = [o for o in cell.get("outputs", []) if o.output_type == "error"]
         assert not errors, f"cell {cell.id}: {errors}"
+    # Quick mode writes nothing next to the notebook.
+    assert sorted(p.name for p in NOTEBOOKS.iterdir()) == before
+    return cells
 
+
+@pytest.mark.slow  # about 3 minutes on a 2-core CPU, most of it XLA compiling
+def test_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
+    cells = _run_notebook(tmp_path, monkeypatch)
     assert "mode: quick" in _text(cells["flags"])
     assert "already installed" in _text(cells["install"])
     assert "backend: cpu" in _text(cells["devices"])
@@ -240,5 +263,16 @@ def test_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
     assert match, converter
     assert float(match.group(1)) < 1e-4
     assert "same predictions: True" in converter
-    # Quick mode writes nothing next to the notebook.
-    assert sorted(p.name for p in NOTEBOOKS.iterdir()) == before
+
+
+@pytest.mark.slow  # as long as the quick mode above, and more for the second replica
+def test_notebook_runs_with_two_seeds(tmp_path, monkeypatch):
+    cells = _run_notebook(tmp_path, monkeypatch, SPARSENET_NOTEBOOK_SEEDS="2")
+    assert "× 2 seeds (seeds 0 … 1)" in _text(cells["config"])
+    assert "--seeds 2 --json" in _text(cells["aot"])
+    evaluate = _text(cells["evaluate"])
+    assert "test accuracy over 2 seeds" in evaluate and "(mean ± std of the last" in evaluate
+    assert "seed 0: last test accuracy" in evaluate and "seed 1: last test accuracy" in evaluate
+    checkpoint = _text(cells["checkpoint"])
+    assert "test metrics match (seed 0): OK" in checkpoint
+    assert "test metrics match (seed 1): OK" in checkpoint
