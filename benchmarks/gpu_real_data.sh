@@ -36,10 +36,12 @@ say() { echo "[$(date +%T) +$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
 # The JPEGs are decoded once into the cache while part 1 times the GPU (CPU work only).
 python -c "from sparsenet_jax import data; data.load_dataset('folder', '$DATA')" >"$WORK/decode.log" 2>&1 &
 DECODE=$!
-say "part 1: seeds throughput"
-timeout -k 10 "${SEEDS_BUDGET:-170}" python benchmarks/seeds.py --preset "$PEER" \
-	--seeds ${SEED_COUNTS:-1 2 4 8} --out "$OUT/seeds-$PEER-float32.json" >>"$LOG" 2>&1
-say "part 1 ended ($?)"
+if [ "${SEED_COUNTS:-}" != none ]; then
+	say "part 1: seeds throughput"
+	timeout -k 10 "${SEEDS_BUDGET:-170}" python benchmarks/seeds.py --preset "$PEER" \
+		--seeds ${SEED_COUNTS:-1 2 4 8} --out "$OUT/seeds-$PEER-float32.json" >>"$LOG" 2>&1
+	say "part 1 ended ($?)"
+fi
 wait $DECODE || say "decode failed: $(tail -3 "$WORK/decode.log")"
 
 # --seeds 2 where it beats two runs in turn, else the two seeds as two processes.
@@ -52,21 +54,25 @@ except Exception:
     print(1)
 ' "$OUT/seeds-$PEER-float32.json")
 say "part 2: until +$((BUDGET - 45))s, ours with --seeds $SEEDS"
-COMMON=(--recipe cifar10 --dataset folder --data-dir "$DATA" --epochs "$EPOCHS"
-	--lr-boundaries "$((EPOCHS / 2)),$((EPOCHS * 3 / 4))" --keep-checkpoints 1 ${TRAIN_EXTRA:-})
+# The recipe's boundaries (epochs 150 and 225 of 300) scaled to EPOCHS, for ours and the peer.
+SCHEDULE=(--epochs "$EPOCHS" --lr-boundaries "$((EPOCHS / 2)),$((EPOCHS * 3 / 4))")
+COMMON=(--recipe cifar10 --dataset folder --data-dir "$DATA" "${SCHEDULE[@]}"
+	--keep-checkpoints 1 ${TRAIN_EXTRA:-})
 ours() { # model seed: until the common end (SIGTERM saves and stops the trainer)
-	timeout -k 30 -s TERM "$(($(left) - 45))" python -m sparsenet_jax.train "${COMMON[@]}" \
+	XLA_FLAGS="${OURS_XLA_FLAGS:-}" timeout -k 30 -s TERM "$(($(left) - 45))" python -m sparsenet_jax.train "${COMMON[@]}" \
 		--model "$1" --seed "$2" --seeds "$SEEDS" --workdir "$WORK/$1-$2" >"$WORK/$1-$2.log" 2>&1
 }
 peer() { # seed
 	python benchmarks/torch_train.py --preset "$PEER" --recipe cifar10 --dataset folder \
-		--data-dir "$DATA" --epochs "$EPOCHS" --seed "$1" --device "${TORCH_DEVICE:-cuda}" \
+		--data-dir "$DATA" "${SCHEDULE[@]}" --seed "$1" --device "${TORCH_DEVICE:-cuda}" \
 		--deadline-s "$(($(left) - 45))" --out "$WORK/torch-$PEER-$1.jsonl" >"$WORK/torch-$1.log" 2>&1
 }
 # The peer, the slowest, first; ours staggered: XLA:GPU autotunes each new program on
 # the GPU, and concurrent tuning is slow.
-peer 0 &
-peer 1 &
+if [ "${PEER_RUNS:-yes}" = yes ]; then
+	peer 0 &
+	peer 1 &
+fi
 for model in $MODELS; do
 	sleep "${STAGGER:-20}"
 	ours "$model" 0 &
