@@ -203,15 +203,7 @@ def learning_rates(config: TrainConfig, steps_per_epoch: int) -> np.ndarray:
     import jax
     import jax.numpy as jnp
 
-    schedule = optim.learning_rate(
-        config.lr_schedule,
-        config.lr,
-        steps_per_epoch,
-        config.epochs,
-        config.lr_boundaries,
-        config.lr_decay,
-        config.warmup_epochs,
-    )
+    schedule = optim.config_learning_rate(config, steps_per_epoch)
     steps = jnp.arange(config.epochs * steps_per_epoch, dtype=jnp.int32)
     return np.asarray(jax.jit(jax.vmap(schedule))(steps), np.float32)
 

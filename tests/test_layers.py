@@ -29,6 +29,22 @@ def _float64():
     return enable_x64(True)
 
 
+def square_loss(model, variables, x):
+    """params → (sum of the train-mode logits squared, (logits, new running statistics))."""
+
+    def loss(params):
+        out, updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(3)},
+        )
+        return jnp.sum(out**2), (out, updates["batch_stats"])
+
+    return loss
+
+
 def _eval_train_grad(model, variables, x):
     def loss(params, stats):
         out, updates = model.apply(
@@ -178,19 +194,11 @@ def test_shared_batch_statistics_match_per_reader_statistics(name, overrides):
         x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3), jnp.float64)
         variables = sj.init_variables(model, 0)
 
-        def loss(params, model):
-            out, updates = model.apply(
-                {"params": params, "batch_stats": variables["batch_stats"]},
-                x,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": jax.random.key(3)},
-            )
-            return jnp.sum(out**2), (out, updates["batch_stats"])
-
-        grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
         per_reader, shared = (
-            grad(variables["params"], model.clone(share_stats=share)) for share in (False, True)
+            jax.jit(jax.value_and_grad(square_loss(m, variables, x), has_aux=True))(
+                variables["params"]
+            )
+            for m in (model.clone(share_stats=share) for share in (False, True))
         )
         chex.assert_trees_all_close(shared, per_reader, atol=1e-10, rtol=1e-10)
 

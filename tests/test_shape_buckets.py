@@ -16,31 +16,15 @@ import pytest
 
 import sparsenet_jax as sj
 from sparsenet_jax.model.units import PaddedConv, PointwiseConv, pad_channels
+from test_layers import _float64, square_loss
 
 SLOW = pytest.mark.slow
-
-
-def _float64():
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64
-
-    return enable_x64(True)
 
 
 def _everything(model, variables, x):
     """Eval logits, train logits, new running statistics and the gradients of a loss."""
 
-    def loss(params):
-        out, updates = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": jax.random.key(3)},
-        )
-        return jnp.sum(out**2), (out, updates["batch_stats"])
-
+    loss = square_loss(model, variables, x)
     eval_logits = jax.jit(model.apply)(variables, x)
     (value, (train_logits, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
         variables["params"]

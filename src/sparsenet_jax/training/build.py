@@ -254,15 +254,7 @@ def build_run(
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
 
-    lr = optim.learning_rate(
-        config.lr_schedule,
-        config.lr,
-        steps_per_epoch,
-        config.epochs,
-        config.lr_boundaries,
-        config.lr_decay,
-        config.warmup_epochs,
-    )
+    lr = optim.config_learning_rate(config, steps_per_epoch)
     tx = optim.make_optimizer(lr, config.momentum, config.nesterov, config.weight_decay)
     check_model(config, info)
     model_kwargs = {

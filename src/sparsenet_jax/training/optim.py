@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import optax
 
+from sparsenet_jax.training.config import TrainConfig
+
 
 def decay_mask(params: Any) -> Any:
     """True for conv and dense kernels: weight decay applies to them only (not BN, not biases)."""
@@ -61,6 +63,19 @@ def learning_rate(
         warmup = round(warmup_epochs * steps_per_epoch)
         return cosine_lr(base_lr, epochs * steps_per_epoch, warmup)
     raise ValueError(f"unknown learning-rate schedule {kind!r}")
+
+
+def config_learning_rate(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """:func:`learning_rate` of a run's configuration (the trainer's and the PyTorch peer's)."""
+    return learning_rate(
+        config.lr_schedule,
+        config.lr,
+        steps_per_epoch,
+        config.epochs,
+        config.lr_boundaries,
+        config.lr_decay,
+        config.warmup_epochs,
+    )
 
 
 def make_optimizer(
