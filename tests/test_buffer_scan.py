@@ -188,3 +188,60 @@ def test_block_impl_is_checked():
         sj.create_model("sparsenet-25-6", block_impl="buffers")
     with pytest.raises(ValueError, match="channel_bucket"):
         sj.create_model("sparsenet-25-6", block_impl="buffer", channel_bucket=128)
+
+
+HLO = """HloModule m
+
+%fused_add (p0: f32[8,128], p1: f32[8,128]) -> f32[8,128] {
+  %p0 = f32[8,128]{1,0:T(8,128)} parameter(0)
+  %p1 = f32[8,128]{1,0:T(8,128)} parameter(1)
+  ROOT %add = f32[8,128]{1,0:T(8,128)} add(%p0, %p1)
+}
+
+%fused_slice (q0: bf16[2,24]) -> bf16[2,8] {
+  %q0 = bf16[2,24]{1,0:T(8,128)(2,1)} parameter(0)
+  ROOT %s = bf16[2,8]{1,0:T(8,128)(2,1)} slice(%q0), slice={[0:2], [0:8]}
+}
+
+%body (arg: (s32[], f32[8,128])) -> (s32[], f32[8,128]) {
+  %arg = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%arg), index=0
+  %x = f32[8,128]{1,0:T(8,128)} get-tuple-element(%arg), index=1
+  %f = f32[8,128]{1,0:T(8,128)} fusion(%x, %x), kind=kLoop, calls=%fused_add, backend_config={"estimated_cycles":"10"}
+  ROOT %t = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}) tuple(%i, %f)
+}
+
+%cond (carg: (s32[], f32[8,128])) -> pred[] {
+  %carg = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}) parameter(0)
+  %c = s32[]{:T(128)} constant(3)
+  %j = s32[]{:T(128)} get-tuple-element(%carg), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%j, %c), direction=LT
+}
+
+ENTRY %main (a: (s32[], f32[8,128]), b: bf16[2,24]) -> bf16[2,8] {
+  %a = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}) parameter(0)
+  %b = bf16[2,24]{1,0:T(8,128)(2,1)} parameter(1)
+  %w = (s32[]{:T(128)}, f32[8,128]{1,0:T(8,128)}) while(%a), condition=%cond, body=%body
+  ROOT %g = bf16[2,8]{1,0:T(8,128)(2,1)} fusion(%b), kind=kLoop, calls=%fused_slice, backend_config={"estimated_cycles":"5"}
+}
+"""
+
+
+def test_tpu_shapes_counts_scan_loops_and_tiled_bytes():
+    """benchmarks/tpu_shapes.py: a scan's loop runs as often as its condition says (the TPU
+    compiler writes no trip count on it), and bytes are counted at the tiled layout's size."""
+    import importlib
+    import pathlib
+    import sys
+
+    bench = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    counts = importlib.import_module("tpu_shapes").hlo_counts(HLO)
+    assert counts["uncounted_loops"] == 0
+    assert counts["estimated_cycles"] == 3 * 10 + 5
+    tile_f32 = 8 * 128 * 4  # f32[8,128]: one tile
+    tile_bf16 = 8 * 128 * 2  # bf16[2,24] and bf16[2,8] pad to one (8, 128) tile
+    add, sliced = 3 * tile_f32, 2 * tile_bf16  # the slice fusion reads only its slice
+    assert counts["est_bytes"] == 3 * add + sliced
+    assert counts["est_bytes_flat"] == add + sliced
