@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -249,7 +250,8 @@ def hlo_counts(hlo: str) -> dict[str, Any]:
     }
 
 
-def measure(step: Any, *args: Any) -> dict[str, Any]:
+def measure(step: Any, *args: Any, hlo_to: str | None = None) -> dict[str, Any]:
+    """Compile ``step`` for ``args``; with ``hlo_to``, also write its optimised HLO there."""
     start = time.perf_counter()
     lowered = step.lower(*args)
     traced, cpu = time.perf_counter(), time.process_time()
@@ -258,6 +260,10 @@ def measure(step: Any, *args: Any) -> dict[str, Any]:
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
+    hlo = compiled.as_text()
+    if hlo_to:
+        with open(hlo_to, "w") as f:
+            f.write(hlo)
     return {
         "trace_s": round(traced - start, 2),
         "compile_s": round(done - traced, 2),
@@ -267,7 +273,7 @@ def measure(step: Any, *args: Any) -> dict[str, Any]:
         "output_bytes": int(memory.output_size_in_bytes),
         "flops": float(cost.get("flops", 0.0)),
         "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-        **hlo_counts(compiled.as_text()),
+        **hlo_counts(hlo),
     }
 
 
@@ -278,9 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_enable_compilation_cache", False)
     run = build_run(config, devices=aot.topology_devices(extras.topology))
     state = run.abstract_state()
-    train = measure(run.train_step, state, run.abstract_batch(True))
+    # TPU_SHAPES_HLO=prefix writes each step's optimised HLO to prefix-{train,eval}.hlo.
+    prefix = os.environ.get("TPU_SHAPES_HLO")
+    train = measure(
+        run.train_step, state, run.abstract_batch(True), hlo_to=prefix and f"{prefix}-train.hlo"
+    )
     print(json.dumps({"train": train}), file=sys.stderr, flush=True)
-    eval_ = measure(run.eval_step, state, run.abstract_batch(False))
+    eval_ = measure(
+        run.eval_step, state, run.abstract_batch(False), hlo_to=prefix and f"{prefix}-eval.hlo"
+    )
     batch = run.config.batch_size
     result = {
         "model": run.config.model,
