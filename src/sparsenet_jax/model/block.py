@@ -14,8 +14,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sparsenet_jax.model.buffer_scan import aggregate as _aggregate
+from sparsenet_jax.model.buffer_scan import scan_layers, widen
 from sparsenet_jax.model.norms import channel_stats, concat_stats, make_norm
-from sparsenet_jax.model.schedule import Schedule, segments
+from sparsenet_jax.model.schedule import Schedule, segments, slot_plan
 from sparsenet_jax.model.units import (
     UNIT_CLASSES,
     UNIT_KINDS,
@@ -49,19 +51,8 @@ Aggregation = Literal["concat", "sum"]
 AGGREGATIONS: tuple[str, ...] = ("concat", "sum")
 
 
-def _aggregate(parts: Sequence[jax.Array], aggregation: str) -> jax.Array:
-    if len(parts) == 1:
-        return parts[0]
-    if aggregation == "concat":
-        return jnp.concatenate(parts, axis=-1)
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
-
-
-BlockImpl = Literal["unrolled", "scan"]
-BLOCK_IMPLS: tuple[str, ...] = ("unrolled", "scan")
+BlockImpl = Literal["unrolled", "scan", "buffer"]
+BLOCK_IMPLS: tuple[str, ...] = ("unrolled", "scan", "buffer")
 
 
 def _stack(trees: Sequence[Any]) -> Any:
@@ -88,6 +79,13 @@ class AggregationBlock(nn.Module):
     dense + sum is one scan over a running sum. Compile time then grows with the number of runs
     (O(log n) for sparse) instead of n. The parameter tree is the same as
     ``"unrolled"``'s, so checkpoints and the converter work with either.
+    ``impl="buffer"`` runs every layer of the block as one ``lax.scan`` step
+    over a fixed-width buffer of all its outputs: each step reads a fixed
+    number of slots by dynamic slices and writes its output into its slot,
+    inputs padded to one width with zero channels and zero kernel rows, so one
+    loop body serves every layer; its backward pass recomputes each unit from
+    the buffer instead of saving per-step activations
+    (:mod:`sparsenet_jax.model.buffer_scan`). Dense + sum is the running-sum scan.
     ``remat=True`` recomputes each unit's activations in the backward pass
     instead of storing them. ``share_stats`` (concatenation, unrolled, training):
     each output's BatchNorm batch statistics are computed once and handed to
@@ -131,6 +129,10 @@ class AggregationBlock(nn.Module):
         # variables that both paths share.
         if self.impl == "scan" and not self.is_initializing():
             return self._scanned(x, train)
+        if self.impl == "buffer" and not self.is_initializing():
+            if self.aggregation == "sum" and self.schedule.kind == "dense":
+                return self._scanned(x, train)  # a running sum: one shape already
+            return self._buffered(x, train)
         if self.aggregation == "sum" and self.schedule.kind == "dense":
             return self._running_sum(x, train)
         unit_cls = nn.remat(self.unit, static_argnums=(2,)) if self.remat else self.unit
@@ -264,3 +266,57 @@ class AggregationBlock(nn.Module):
             history.extend((ys, i) for i in range(seg.length))
         outs = self.schedule.block_output(n)
         return _aggregate([get(i) for i in outs], self.aggregation)
+
+    # -- the fixed-width buffer ------------------------------------------------------
+
+    def _buffered(self, x: jax.Array, train: bool) -> jax.Array:
+        """Every layer of the block as one ``lax.scan`` step over one fixed-width buffer.
+
+        See :mod:`sparsenet_jax.model.buffer_scan`. The backward pass always
+        recomputes each unit from the buffer, so ``remat`` changes nothing here.
+        """
+        n, k = self.num_layers, self.growth_rate
+        concat = self.aggregation == "concat"
+        plan = slot_plan(self.schedule, n, x.shape[-1], k)
+        names = [f"block-{layer}" for layer in range(1, n + 1)]
+        layers = []
+        for name, runs in zip(names, plan.runs, strict=True):
+            layer = {col: self.variables[col][name] for col in ("params", "batch_stats")}
+            layers.append({c: widen(t, runs) for c, t in layer.items()} if concat else layer)
+        stacked = _stack(layers)
+
+        template = self.unit(k, parent=None)
+        needs_rng = train and getattr(template, "dropout_rate", 0.0) > 0.0
+        rngs = (
+            jax.random.split(self.make_rng("dropout"), n)
+            if needs_rng
+            else jnp.zeros((n,), jnp.uint32)
+        )
+
+        def run_unit(variables: Any, h: jax.Array, stats: Any, rng: jax.Array) -> Any:
+            if not train:
+                return template.apply(variables, h, False), None
+            y, new = template.apply(
+                variables,
+                h,
+                True,
+                stats,
+                mutable=["batch_stats"],
+                rngs={"dropout": rng} if needs_rng else None,
+            )
+            return y, new["batch_stats"]
+
+        share = self.share_stats and train and concat
+        buffer, new_stats = scan_layers(run_unit, plan, self.aggregation, share, x, stacked, rngs)
+        if train:
+            for name, value, runs in zip(names, _unstack(new_stats, n), plan.runs, strict=True):
+                value = widen(value, runs, inverse=True) if concat else value
+                self.put_variable("batch_stats", name, value)
+
+        def output(index: int) -> jax.Array:
+            if index == 0:
+                return x
+            first = plan.slot(index) * k
+            return jax.lax.slice_in_dim(buffer, first, first + k, axis=-1)
+
+        return _aggregate([output(i) for i in self.schedule.block_output(n)], self.aggregation)

@@ -107,6 +107,11 @@ def _check_ranges(model: SparseNet) -> None:
         )
     if model.conv_impl != "xla" and model.channel_bucket:
         raise ValueError("channel_bucket needs conv_impl 'xla'")
+    if model.block_impl != "unrolled" and model.channel_bucket:
+        raise ValueError(
+            f"channel_bucket pads the unrolled block's inputs; block_impl "
+            f"{model.block_impl!r} has its own layout: use channel_bucket=0"
+        )
     if model.unit == "res_bottleneck" and any(g % 4 for g in growths):
         raise ValueError(f"res_bottleneck widths must be multiples of 4, got {growths}")
 

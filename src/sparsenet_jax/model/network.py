@@ -60,9 +60,17 @@ class SparseNet(nn.Module):
       in_channels: channels of the input images.
       dropout_rate: dropout after every conv of the units and transitions.
       dtype: compute dtype. param_dtype: parameter dtype.
-      block_impl: ``"unrolled"`` (one graph node group a layer) or ``"scan"``
-        (runs of alike layers as one ``lax.scan``: same function, faster
-        compile); both share one parameter layout.
+      block_impl: ``"unrolled"`` (one graph node group a layer), ``"scan"``
+        (runs of alike layers as one ``lax.scan`` carrying a ring of outputs)
+        or ``"buffer"`` (every layer of a block as one ``lax.scan`` step over a
+        fixed-width buffer of all its outputs, inputs padded to the block's
+        widest with zero channels and zero kernel rows, so the loop body has
+        one shape; see :mod:`sparsenet_jax.model.buffer_scan`). The same
+        function and one parameter layout for all three. ``"buffer"``
+        compiles a v5e train step ~4× faster but runs ~3.5–3.9× the
+        compiler's estimated cycles (unfused slot moves), and XLA:CPU runs
+        it far slower (``benchmarks/results/tpu-compile-notes.md`` §8), so
+        no backend uses it by default.
       remat: recompute unit activations in the backward pass (less memory).
       pointwise_as_dot: build 1×1 convolutions as matmuls (same parameters
         and outputs; a faster gradient on XLA:CPU). ``False`` = ``nn.Conv``.

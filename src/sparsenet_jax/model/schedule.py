@@ -148,3 +148,95 @@ def segments(schedule: Schedule, num_layers: int, x0_like_others: bool) -> tuple
         else:
             result.append(Segment(layer, layer, offsets))
     return tuple(result)
+
+
+# A run of a concatenated input's channels: ``(start, stop)`` rows of a layer's
+# true (unpadded) parameters, or ``(None, count)`` zero channels.
+Run = tuple[int | None, int]
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """Where a block's outputs live in one fixed-width buffer, and what each layer reads.
+
+    The buffer is ``num_slots`` slots of ``slot_width`` channels side by side
+    on the channel axis. Slot 0 is always zero; ``x_0`` fills slots
+    ``1 … x0_slots`` (zero channels after its last one if its width is not a
+    multiple of ``slot_width``); layer ``l``'s output is written to slot
+    ``x0_slots + l``. Every layer reads ``reads`` slots (``read_slots[l-1]``, in
+    concatenation order; slot 0 where it reads fewer), so that every layer's
+    input has one shape. ``runs[l-1]`` says which of that input's channels are
+    the layer's true input rows, in order, and which are zero padding (see :data:`Run`).
+    """
+
+    slot_width: int
+    x0_width: int
+    x0_slots: int
+    reads: int
+    num_slots: int
+    read_slots: tuple[tuple[int, ...], ...]
+    runs: tuple[tuple[Run, ...], ...]
+
+    def slot(self, index: int) -> int:
+        """The first slot of output ``x_index`` (``x_0`` spans ``x0_slots`` slots)."""
+        return 1 if index == 0 else self.x0_slots + index
+
+
+@functools.cache
+def slot_plan(schedule: Schedule, num_layers: int, x0_width: int, slot_width: int) -> SlotPlan:
+    """The buffer layout of a block whose input is ``x0_width`` wide and whose layers emit ``slot_width``."""
+    if num_layers < 1 or x0_width < 1 or slot_width < 1:
+        raise ValueError(
+            f"a slot plan needs positive sizes, got {num_layers} layers, "
+            f"x_0 {x0_width} wide, slots {slot_width} wide"
+        )
+    x0_slots = -(-x0_width // slot_width)
+    plan = SlotPlan(slot_width, x0_width, x0_slots, 0, 1 + x0_slots + num_layers, (), ())
+    layers_slots, layers_runs = [], []
+    for layer in range(1, num_layers + 1):
+        slots: list[int] = []
+        runs: list[Run] = []
+        row = 0
+        for i in schedule.inputs(layer):
+            first = plan.slot(i)
+            if i == 0:
+                slots.extend(range(first, first + x0_slots))
+                runs.append((row, row + x0_width))
+                if x0_slots * slot_width > x0_width:
+                    runs.append((None, x0_slots * slot_width - x0_width))
+                row += x0_width
+            else:
+                slots.append(first)
+                runs.append((row, row + slot_width))
+                row += slot_width
+        layers_slots.append(slots)
+        layers_runs.append(runs)
+    reads = max(len(s) for s in layers_slots)
+    for slots, runs in zip(layers_slots, layers_runs, strict=True):
+        if len(slots) < reads:
+            runs.append((None, (reads - len(slots)) * slot_width))
+            slots.extend([0] * (reads - len(slots)))
+    return SlotPlan(
+        slot_width,
+        x0_width,
+        x0_slots,
+        reads,
+        1 + x0_slots + num_layers,
+        tuple(tuple(s) for s in layers_slots),
+        tuple(tuple(_merge_runs(r)) for r in layers_runs),
+    )
+
+
+def _merge_runs(runs: list[Run]) -> list[Run]:
+    merged: list[Run] = []
+    for start, stop in runs:
+        if merged:
+            last_start, last_stop = merged[-1]
+            if start is None and last_start is None:
+                merged[-1] = (None, last_stop + stop)
+                continue
+            if start is not None and last_start is not None and start == last_stop:
+                merged[-1] = (last_start, stop)
+                continue
+        merged.append((start, stop))
+    return merged
