@@ -16,42 +16,10 @@ import sparsenet_jax as sj
 from sparsenet_jax.model import block as block_module
 from sparsenet_jax.model import buffer_scan
 from sparsenet_jax.model.schedule import Schedule, slot_plan
+from test_layers import _float64
+from test_shape_buckets import _everything
 
 SLOW = pytest.mark.slow
-
-
-def _float64():
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64
-
-    return enable_x64(True)
-
-
-def _everything(model, variables, x):
-    """Eval logits, train logits, new running statistics and the gradients of a loss."""
-
-    def loss(params):
-        out, updates = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": jax.random.key(3)},
-        )
-        return jnp.sum(out**2), (out, updates["batch_stats"])
-
-    eval_logits = jax.jit(model.apply)(variables, x)
-    (value, (train_logits, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
-        variables["params"]
-    )
-    return {
-        "eval": eval_logits,
-        "loss": value,
-        "train": train_logits,
-        "stats": stats,
-        "grads": grads,
-    }
 
 
 # Small networks on 8×8 images keep the default run's compiles short.
