@@ -90,7 +90,9 @@ def _assert_within_rounding(mine, solo, start):
         assert np.abs(np.asarray(a, np.float64) - b).max() <= 0.02 * moved + 1e-7, path[0]
 
 
-@pytest.mark.parametrize("mode", replicas.REPLICA_MODES)
+@pytest.mark.parametrize(
+    "mode", ["vmap", pytest.param("unroll", marks=pytest.mark.slow)]
+)  # unrolled, the solo steps side by side: the end-to-end test above runs it (CPU default)
 def test_replicas_compute_the_solo_steps_exactly_in_float64(mode):
     """The vmapped step is the solo step's arithmetic: equal to 1e-10 in float64.
 
