@@ -54,6 +54,7 @@ def _train(cfg: TrainConfig) -> tuple[list, object]:
     return losses, jax.device_get(state)
 
 
+@pytest.mark.slow  # 4 trainer builds; the float64 test below checks the arithmetic by default
 def test_each_replica_is_the_run_of_its_seed_alone():
     """Replica i of --seed 5 --seeds 3 trains as --seed 5+i: loss, weights, statistics."""
     losses, state = _train(_config(seed=5, seeds=3))
