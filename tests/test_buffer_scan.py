@@ -16,8 +16,8 @@ import sparsenet_jax as sj
 from sparsenet_jax.model import block as block_module
 from sparsenet_jax.model import buffer_scan
 from sparsenet_jax.model.schedule import Schedule, slot_plan
-from test_layers import _float64
-from test_shape_buckets import _everything
+from test_layers import _float64, square_loss
+from test_shape_buckets import _everything, _images, assert_same_network
 
 SLOW = pytest.mark.slow
 
@@ -41,26 +41,13 @@ CASES = [
 ]
 
 
-def _images(overrides, dtype=jnp.float32):
-    size = 8 if "block_sizes" in overrides else 32
-    return jax.random.normal(jax.random.key(1), (4, size, size, 3), dtype)
-
-
 @pytest.mark.parametrize(("name", "overrides"), CASES)
 def test_buffer_block_matches_the_unrolled_block_in_float64(name, overrides):
     """Same tree and initial values; logits, loss, running statistics and gradients to 1e-10."""
     with _float64():
         kwargs = {"dtype": jnp.float64, "param_dtype": jnp.float64, **overrides}
         plain = sj.create_model(name, **kwargs)
-        buffered = sj.create_model(name, block_impl="buffer", **kwargs)
-        variables = sj.init_variables(plain, 0)
-        same = sj.init_variables(buffered, 0)
-        chex.assert_trees_all_equal_structs(variables, same)
-        chex.assert_trees_all_equal_shapes(variables, same)
-        chex.assert_trees_all_close(variables, same)
-        x = _images(overrides, jnp.float64)
-        ref, got = _everything(plain, variables, x), _everything(buffered, variables, x)
-        chex.assert_trees_all_close(got, ref, atol=1e-10, rtol=1e-10)
+        assert_same_network(plain, sj.create_model(name, block_impl="buffer", **kwargs), overrides)
 
 
 def test_buffer_block_matches_the_unrolled_block_in_float32():
@@ -97,16 +84,7 @@ def test_recomputing_backward_equals_autodiff_of_the_scan(monkeypatch):
         x = _images(overrides, jnp.float64)
 
         def grads():
-            def loss(params):
-                out, updates = model.apply(
-                    {"params": params, "batch_stats": variables["batch_stats"]},
-                    x,
-                    train=True,
-                    mutable=["batch_stats"],
-                    rngs={"dropout": jax.random.key(3)},
-                )
-                return jnp.sum(out**2), updates["batch_stats"]
-
+            loss = square_loss(model, variables, x)
             return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
 
         got = grads()

@@ -70,16 +70,22 @@ def test_bucketed_inputs_match_the_plain_block_in_float64(name, overrides, bucke
     with _float64():
         kwargs = {"dtype": jnp.float64, "param_dtype": jnp.float64, **overrides}
         plain = sj.create_model(name, **kwargs)
-        bucketed = sj.create_model(name, channel_bucket=bucket, **kwargs)
-        variables = sj.init_variables(plain, 0)
-        # One parameter tree, the same initial values: checkpoints carry over.
-        same = sj.init_variables(bucketed, 0)
-        chex.assert_trees_all_equal_structs(variables, same)
-        chex.assert_trees_all_equal_shapes(variables, same)
-        chex.assert_trees_all_close(variables, same)
-        x = _images(overrides, jnp.float64)
-        ref, got = _everything(plain, variables, x), _everything(bucketed, variables, x)
-        chex.assert_trees_all_close(got, ref, atol=1e-10, rtol=1e-10)
+        assert_same_network(
+            plain, sj.create_model(name, channel_bucket=bucket, **kwargs), overrides
+        )
+
+
+def assert_same_network(plain, variant, overrides):
+    """One parameter tree and the same initial values (checkpoints carry over); logits,
+    loss, running statistics and gradients equal to 1e-10 (call inside ``_float64``)."""
+    variables = sj.init_variables(plain, 0)
+    same = sj.init_variables(variant, 0)
+    chex.assert_trees_all_equal_structs(variables, same)
+    chex.assert_trees_all_equal_shapes(variables, same)
+    chex.assert_trees_all_close(variables, same)
+    x = _images(overrides, jnp.float64)
+    ref, got = _everything(plain, variables, x), _everything(variant, variables, x)
+    chex.assert_trees_all_close(got, ref, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize(

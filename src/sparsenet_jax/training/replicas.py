@@ -38,7 +38,7 @@ def stack(states: Sequence[steps.TrainState]) -> steps.TrainState:
 def select(tree: Any, index: int, count: int) -> Any:
     """Replica ``index`` of a state or variables tree whose leaves lead with ``count`` replicas.
 
-    Leaves without the replica axis (the step counter) are returned as they are.
+    A train state's step counter, which has no replica axis, is kept as it is.
 
     Raises:
       ValueError: ``index`` is not in ``[0, count)``.
@@ -46,17 +46,16 @@ def select(tree: Any, index: int, count: int) -> Any:
     if not 0 <= index < count:
         raise ValueError(f"seed index {index} is out of range: the run has {count} seeds")
 
-    def pick(leaf: Any) -> Any:
-        shape = np.shape(leaf)
-        return leaf[index] if shape and shape[0] == count else leaf
+    def pick(part: Any) -> Any:
+        return jax.tree.map(lambda leaf: leaf[index], part)
 
-    if isinstance(tree, steps.TrainState):
+    if isinstance(tree, steps.TrainState):  # the step counter has no replica axis
         return tree.replace(
-            params=jax.tree.map(pick, tree.params),
-            batch_stats=jax.tree.map(pick, tree.batch_stats),
-            opt_state=jax.tree.map(pick, tree.opt_state),
+            params=pick(tree.params),
+            batch_stats=pick(tree.batch_stats),
+            opt_state=pick(tree.opt_state),
         )
-    return jax.tree.map(lambda leaf: leaf[index], tree)
+    return pick(tree)
 
 
 REPLICA_MODES = ("vmap", "unroll")
