@@ -237,6 +237,25 @@ def test_a_start_up_signal_wrapped_by_a_library_still_stops_the_run():
     assert caught.value.signum == signal.SIGINT
 
 
+def test_a_start_up_signal_swallowed_by_a_library_is_still_seen():
+    """A signal whose StopRequested lands where Python ignores errors (a ``__del__``,
+    a weakref callback) must still stop the run at the next check."""
+
+    class Finalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs here; the error it raises is ignored
+
+    with pytest.raises(StopRequested) as caught, StopSignals() as stop:
+        hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+        try:
+            Finalised()  # dropped at once: __del__ runs and swallows the raise
+        finally:
+            sys.unraisablehook = hook
+        stop.check()
+    assert caught.value.signum == signal.SIGTERM
+
+
 def test_an_ordinary_error_at_start_up_stays_an_error():
     with pytest.raises(ValueError), StopSignals():
         raise ValueError("bad")

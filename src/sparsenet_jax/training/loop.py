@@ -239,10 +239,12 @@ class Loop:
         """Run the remaining steps; return the last step and the signal that stopped it, if any."""
         step, run = self.first_step, self.run
         self.catch_up()
+        stop.check()
         remaining = range(self.first_step + 1, run.total_steps + 1)
         # The range comes first: zip stops before drawing a batch past the end.
         for step, batch in zip(remaining, self.batches(), strict=False):
             self.state, metrics = run.train_step(self.state, batch)
+            stop.check()  # a signal swallowed during the first compile: nothing saved yet
             stop.armed = True  # from now on a signal saves before it stops the run
             self.maybe_log(step, metrics)
             paused = time.time()
@@ -281,9 +283,10 @@ def train_and_evaluate(
     memory.check_size(config)  # O(blocks): a huge network is refused before anything else
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    with WorkdirLock(workdir), contextlib.ExitStack() as stack:
-        # Until the first step has finished a signal stops at once: nothing to save.
-        stop = stack.enter_context(StopSignals())
+    # Until the first step has finished a signal stops at once: nothing to save.
+    # The handlers go in before the lock, whose file tells a waiting supervisor
+    # (or a test) that the run has started and may be signalled.
+    with StopSignals() as stop, WorkdirLock(workdir), contextlib.ExitStack() as stack:
         # Cheap checks first: the workdir's identity before the data is read.
         resolved = resolve(config, jax.devices()[0].platform)
         checkpoints = stack.enter_context(

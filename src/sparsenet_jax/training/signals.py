@@ -60,12 +60,20 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if not self.armed:
+            # Remembered as well as raised: the raise can be swallowed (a signal
+            # that lands in a ``__del__`` or a weakref callback becomes an
+            # "ignored" error), and :meth:`check` must still see it.
             self._startup_signum = signum
             raise StopRequested(signum)
         if self.signum is not None:  # asked twice: do not wait for the save
             print(f"{signal.Signals(signum).name} again: stopping now", file=sys.stderr)
             os._exit(128 + signum)
         self.signum = signum
+
+    def check(self) -> None:
+        """Raise :class:`StopRequested` if a start-up signal came and was swallowed on its way."""
+        if not self.armed and self._startup_signum is not None:
+            raise StopRequested(self._startup_signum)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
