@@ -124,6 +124,7 @@ def test_peer_bench_bfloat16_autocast() -> None:
     assert out["train_images_per_s"] > 0 and out["eval_images_per_s"] > 0
 
 
+@pytest.mark.slow  # about 20 s: the default run stays near 10 minutes
 def test_gpu_script_measures_ours_and_the_peer(tmp_path) -> None:
     """benchmarks/gpu.py end to end, with the peer on the CPU: both rows, the files."""
     pytest.importorskip("torch")
@@ -155,6 +156,7 @@ def test_recipe_timing_projects_an_epoch_from_its_steps() -> None:
     assert out["recipe_hours"] == pytest.approx(out["epoch_s"] * 300 / 3600)
 
 
+@pytest.mark.slow  # about 20 s: the default run stays near 10 minutes
 def test_suite_in_process_writes_json_and_markdown(tmp_path) -> None:
     """The whole CLI on a tiny preset, in process: our steps, a compile point, the files."""
     run = _load("run")
@@ -290,6 +292,7 @@ def test_ablation_times_variants_round_robin(tmp_path) -> None:
     assert rows[2]["temp_mib"] > rows[0]["temp_mib"]
 
 
+@pytest.mark.slow  # about 20 s: the default run stays near 10 minutes
 def test_side_by_side_interleaves_our_conv_impls(tmp_path) -> None:
     """``run.py --side-by-side`` without the peer: both conv impls of ours, long-lived
     processes, interleaved rounds, the files; the shift conv changes no parameter."""
