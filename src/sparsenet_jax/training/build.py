@@ -301,7 +301,7 @@ def _pure_steps(
         return train_step, eval_step
     seeded = steps.make_seeded_train_step(model, tx, preprocess, config.label_smoothing)
     train_step = replicas.train_step(seeded, config.replica_seeds, replica_mode)
-    return train_step, replicas.eval_step(eval_step)
+    return train_step, replicas.eval_step(eval_step, config.seeds, replica_mode)
 
 
 def _steps_per_epoch(config: TrainConfig, info: data_lib.DatasetInfo, devices: int) -> int:

@@ -80,15 +80,26 @@ def evaluate(run: Run, state: steps.TrainState, splits: input_pipeline.Splits) -
 
     With ``--seeds``, the mean over the replicas (each one's: :func:`evaluate_seeds`).
     """
-    return mean_over_seeds(evaluate_seeds(run, state, splits))
+    results = evaluate_seeds(run, state, splits)
+    assert results is not None  # nothing interrupts it
+    return mean_over_seeds(results)
 
 
 def evaluate_seeds(
-    run: Run, state: steps.TrainState, splits: input_pipeline.Splits
-) -> list[dict[str, float]]:
-    """:func:`evaluate` of each replica of a ``--seeds`` run, in seed order (one for one seed)."""
+    run: Run,
+    state: steps.TrainState,
+    splits: input_pipeline.Splits,
+    interrupted: Callable[[], bool] = lambda: False,
+) -> list[dict[str, float]] | None:
+    """:func:`evaluate` of each replica of a ``--seeds`` run, in seed order (one for one seed).
+
+    Returns None, having evaluated part of the test set, once ``interrupted()``
+    is true: a stop signal is not kept waiting for a long evaluation.
+    """
     totals: dict[str, np.ndarray] = {}
     for batch in input_pipeline.eval_batches(run.config, splits):
+        if interrupted():
+            return None
         sums = run.eval_step(state, mesh_lib.global_batch(batch, run.mesh))
         for key, value in jax.device_get(sums).items():  # a leading replica axis with --seeds
             totals[key] = totals.get(key, 0.0) + np.atleast_1d(np.asarray(value, np.float64))
@@ -192,10 +203,16 @@ class Loop:
             log.info("evaluating step %d, which the stopped run had not evaluated", step)
             self.maybe_evaluate(step)
 
-    def maybe_evaluate(self, step: int) -> None:
+    def maybe_evaluate(self, step: int, stop: StopSignals | None = None) -> None:
+        """Evaluate if ``step`` is due; a stop signal abandons the evaluation unrecorded
+        (the resumed run evaluates that step first, :meth:`catch_up`)."""
         if not self.eval_due(step):
             return
-        self.last_tests = evaluate_seeds(self.run, self.state, self.splits)
+        interrupted = (lambda: stop.raised) if stop is not None else (lambda: False)
+        tests = evaluate_seeds(self.run, self.state, self.splits, interrupted)
+        if tests is None:
+            return
+        self.last_tests = tests
         epoch = step / self.run.steps_per_epoch
         for seed, result in zip(self.seeds or [None], self.last_tests, strict=True):
             named = {} if seed is None else {"seed": seed}
@@ -249,7 +266,7 @@ class Loop:
             self.maybe_log(step, metrics)
             paused = time.time()
             if not stop.raised:
-                self.maybe_evaluate(step)
+                self.maybe_evaluate(step, stop)
             self.maybe_save(step, stopping=stop.raised)
             self.timer.pause(time.time() - paused)
             if stop.raised:

@@ -115,6 +115,23 @@ def _unrolled(
 
 def eval_step(
     step_fn: Callable[[steps.TrainState, steps.Batch], steps.Metrics],
+    count: int,
+    mode: str = "vmap",
 ) -> Callable[[steps.TrainState, steps.Batch], steps.Metrics]:
-    """Every replica evaluated on the same batch: each sum gets a leading axis of size N."""
-    return jax.vmap(step_fn, in_axes=(state_axes(), None))
+    """Every replica evaluated on the same batch: each sum gets a leading axis of size N.
+
+    Args:
+      step_fn: the eval step of one network.
+      count: N, the number of replicas.
+      mode: as :func:`train_step`'s (``vmap`` or ``unroll``).
+    """
+    if mode == "vmap":
+        return jax.vmap(step_fn, in_axes=(state_axes(), None))
+    if mode != "unroll":
+        raise ValueError(f"replica mode {mode!r}: choose from {', '.join(REPLICA_MODES)}")
+
+    def replicated_eval(state: steps.TrainState, batch: steps.Batch) -> steps.Metrics:
+        sums = [step_fn(select(state, i, count), batch) for i in range(count)]
+        return {k: jnp.stack([s[k] for s in sums]) for k in sums[0]}
+
+    return replicated_eval
