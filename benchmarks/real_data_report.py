@@ -16,6 +16,8 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+import numpy as np
+
 Curves = dict[str, dict[float, float]]  # "label seed N" -> {epoch: test accuracy}
 
 
@@ -52,6 +54,43 @@ def read(folder: pathlib.Path) -> Curves:
     return curves
 
 
+def last_accuracy(points: dict[float, float]) -> float:
+    return points[max(points)]
+
+
+def summary(folder: pathlib.Path, curves: Curves) -> list[str]:
+    """One markdown row a network and implementation: seeds, last test accuracy each and
+    their mean ± std, and the median train images/s (ours: all replicas of the program)."""
+    rows = ["| run | seeds | last test accuracy, each | mean ± std | train img/s (median) |"]
+    rows.append("|---|---:|---|---:|---:|")
+    groups: dict[str, list[float]] = {}
+    for label, points in curves.items():
+        groups.setdefault(label.rsplit(" seed ", 1)[0], []).append(100 * last_accuracy(points))
+    for name, accs in groups.items():
+        speed = _median_speed(folder, name)
+        spread = f"{np.mean(accs):.2f} ± {np.std(accs, ddof=1) if len(accs) > 1 else 0:.2f}"
+        each = ", ".join(f"{a:.2f}" for a in accs)
+        rows.append(f"| {name} | {len(accs)} | {each} | {spread} | {speed:,.0f} |")
+    return rows
+
+
+def _median_speed(folder: pathlib.Path, name: str) -> float:
+    implementation, model = name.split(" ", 1)
+    speeds = []
+    if implementation == "ours":
+        for line in (folder / f"ours-{model}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record.get("split") == "train" and record.get("seed", 0) == 0:
+                speeds.append(record["images_per_sec"])
+    else:
+        for path in folder.glob(f"torch-{model}*.jsonl"):
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record["kind"] == "epoch" and record.get("img_per_s"):
+                    speeds.append(record["img_per_s"])
+    return float(np.median(speeds)) if speeds else float("nan")
+
+
 def draw(curves: Curves, out: pathlib.Path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -79,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> Curves:
     for label, points in curves.items():
         shown = " ".join(f"{e:g}:{100 * a:.2f}" for e, a in sorted(points.items()))
         print(f"{label}: {shown}")
+    print("\n".join(summary(args.folder, curves)))
     if args.out:
         draw(curves, args.out, args.title)
     return curves

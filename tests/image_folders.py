@@ -7,17 +7,25 @@
 * ``cifar_image_folder(root, per_class=20, ...)``: ROOT/train/<class>/*.png|jpg and
   ROOT/test/<class>/* built from the first images of each class of that file.
 * ``write_folder(root, {split: {class: [uint8 HxWx3, ...]}}, ext)``: any arrays as files.
-* ``write_packed(path, classes, train, test)``: a packed .npz in the file's format.
+* ``write_packed(path, classes, train, test)``: a packed .npz in the file's format, and
+  ``packed_subset`` (both from ``benchmarks/packed_subset.py``).
 """
 
 from __future__ import annotations
 
 import io
 import pathlib
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+
+BENCH_DIR = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCH_DIR) not in sys.path:  # the packed format's writer lives with the benchmarks
+    sys.path.insert(0, str(BENCH_DIR))
+
+from packed_subset import packed_subset, write_packed  # noqa: E402, F401  (re-exported)
 
 CIFAR_NPZ = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-q75.npz"
 
@@ -49,22 +57,6 @@ def write_folder(
             for i, pixels in enumerate(images):
                 (folder / f"{i:04d}.{ext}").write_bytes(encode(pixels, ext))
     return root
-
-
-def write_packed(
-    path: pathlib.Path,
-    classes: list[str],
-    train: tuple[list[bytes], np.ndarray],
-    test: tuple[list[bytes], np.ndarray],
-) -> pathlib.Path:
-    """A packed .npz: classes, {split}_jpeg (bytes end to end), {split}_offsets, {split}_labels."""
-    arrays: dict[str, np.ndarray] = {"classes": np.asarray(classes)}
-    for split, (files, labels) in (("train", train), ("test", test)):
-        arrays[f"{split}_jpeg"] = np.frombuffer(b"".join(files), np.uint8)
-        arrays[f"{split}_offsets"] = np.cumsum([0, *map(len, files)]).astype(np.int64)
-        arrays[f"{split}_labels"] = np.asarray(labels, np.uint8)
-    np.savez(path, **arrays)
-    return path
 
 
 def cifar_image_folder(

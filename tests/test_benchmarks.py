@@ -408,3 +408,40 @@ def test_profile_step_classifies_hlo_instructions() -> None:
     assert kinds["ynn_fusion.1"] == "convolution, window 4x4"
     assert kinds["transpose.2"] == "transpose/copy"
     assert kinds["concatenate.3"] == "concatenate"
+
+
+def test_packed_subset_keeps_the_first_files_of_each_class(tmp_path) -> None:
+    packed = _load("packed_subset")
+    files = [bytes([i]) * (i + 1) for i in range(6)]  # distinct "files" of distinct lengths
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    source = packed.write_packed(tmp_path / "all.npz", ["a", "b"], (files, labels), (files, labels))
+    out = packed.packed_subset(source, tmp_path / "sub.npz", 2, 1)
+    with np.load(out) as sub:
+        offsets, buf = sub["train_offsets"], sub["train_jpeg"]
+        kept = [buf[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
+        assert kept == [files[0], files[2], files[1], files[3]]
+        assert list(sub["train_labels"]) == [0, 0, 1, 1] and list(sub["test_labels"]) == [0, 1]
+    with pytest.raises(ValueError, match="all.npz: class a has 3 train files"):
+        packed.packed_subset(source, tmp_path / "big.npz", 4, 1)
+
+
+def test_real_data_report_summarises_each_network_over_its_seeds(tmp_path) -> None:
+    report = _load("real_data_report")
+    ours = [
+        {"split": "train", "step": 1, "seed": 0, "images_per_sec": 100.0},
+        {"split": "train", "step": 2, "seed": 0, "images_per_sec": 300.0},
+        {"split": "train", "step": 2, "seed": 1, "images_per_sec": 300.0},
+        *(
+            {"split": "test", "epoch": e, "seed": s, "accuracy": a}
+            for e, s, a in [(1, 0, 0.5), (2, 0, 0.7), (1, 1, 0.4), (2, 1, 0.6)]
+        ),
+    ]
+    (tmp_path / "ours-net.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ours))
+    peer = [
+        {"kind": "header", "config": {"model": "net", "seed": 0}},
+        {"kind": "epoch", "epoch": 1, "test_accuracy": 0.65, "img_per_s": 50.0},
+    ]
+    (tmp_path / "torch-net-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in peer))
+    rows = report.summary(tmp_path, report.read(tmp_path))
+    assert "| ours net | 2 | 70.00, 60.00 | 65.00 ± 7.07 | 200 |" in rows
+    assert "| PyTorch net | 1 | 65.00 | 65.00 ± 0.00 | 50 |" in rows

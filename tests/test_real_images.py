@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from image_folders import cifar_image_folder, cifar_npz, write_packed
+from image_folders import cifar_image_folder, cifar_npz, packed_subset
 from train_helpers import checkpoint_steps, cli_env, load_checkpoint, read_metrics
 
 MODEL = "sparsenet-13-6"
@@ -156,15 +156,7 @@ def _flatten(tree, prefix=()):
 
 def cifar_subset(path: pathlib.Path, train_per_class: int, test_per_class: int) -> pathlib.Path:
     """A packed .npz of the first images of each class of the CIFAR-10 q75 file (its own JPEGs)."""
-    with np.load(cifar_npz()) as packed:
-        classes = [str(c) for c in packed["classes"]]
-        splits = {}
-        for split, count in (("train", train_per_class), ("test", test_per_class)):
-            buf, offsets, labels = (packed[f"{split}_{k}"] for k in ("jpeg", "offsets", "labels"))
-            chosen = np.concatenate([np.flatnonzero(labels == c)[:count] for c in range(10)])
-            files = [buf[offsets[i] : offsets[i + 1]].tobytes() for i in chosen]
-            splits[split] = (files, labels[chosen])
-    return write_packed(path, classes, splits["train"], splits["test"])
+    return packed_subset(cifar_npz(), path, train_per_class, test_per_class)
 
 
 # The learning test's run: sparsenet-13-8 (24k parameters), 2 epochs of a 10,000-image
