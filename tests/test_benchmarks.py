@@ -421,7 +421,7 @@ def test_packed_subset_keeps_the_first_files_of_each_class(tmp_path) -> None:
         kept = [buf[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
         assert kept == [files[0], files[2], files[1], files[3]]
         assert list(sub["train_labels"]) == [0, 0, 1, 1] and list(sub["test_labels"]) == [0, 1]
-    with pytest.raises(ValueError, match="all.npz: class a has 3 train files"):
+    with pytest.raises(ValueError, match=r"all\.npz: class a has 3 train files"):
         packed.packed_subset(source, tmp_path / "big.npz", 4, 1)
 
 
