@@ -77,10 +77,8 @@ def train_step(
         convolutions (XLA:CPU's grouped convolutions are slow).
     """
     seed_array = np.asarray(seeds, np.uint32)
-    if mode == "unroll":
+    if _checked(mode) == "unroll":
         return _unrolled(step_for_seed, [int(s) for s in seeds])
-    if mode != "vmap":
-        raise ValueError(f"replica mode {mode!r}: choose from {', '.join(REPLICA_MODES)}")
     batched = jax.vmap(step_for_seed, in_axes=(0, state_axes(), 0), out_axes=(state_axes(), 0))
 
     def replicated_step(
@@ -106,9 +104,7 @@ def _unrolled(
             )
             for i, seed in enumerate(seeds)
         ]
-        new_state = stack([new for new, _ in outs])
-        metrics = {k: jnp.stack([m[k] for _, m in outs]) for k in outs[0][1]}
-        return new_state, metrics
+        return stack([new for new, _ in outs]), _stacked([m for _, m in outs])
 
     return replicated_step
 
@@ -125,13 +121,21 @@ def eval_step(
       count: N, the number of replicas.
       mode: as :func:`train_step`'s (``vmap`` or ``unroll``).
     """
-    if mode == "vmap":
+    if _checked(mode) == "vmap":
         return jax.vmap(step_fn, in_axes=(state_axes(), None))
-    if mode != "unroll":
-        raise ValueError(f"replica mode {mode!r}: choose from {', '.join(REPLICA_MODES)}")
 
     def replicated_eval(state: steps.TrainState, batch: steps.Batch) -> steps.Metrics:
-        sums = [step_fn(select(state, i, count), batch) for i in range(count)]
-        return {k: jnp.stack([s[k] for s in sums]) for k in sums[0]}
+        return _stacked([step_fn(select(state, i, count), batch) for i in range(count)])
 
     return replicated_eval
+
+
+def _checked(mode: str) -> str:
+    if mode not in REPLICA_MODES:
+        raise ValueError(f"replica mode {mode!r}: choose from {', '.join(REPLICA_MODES)}")
+    return mode
+
+
+def _stacked(metrics: Sequence[steps.Metrics]) -> steps.Metrics:
+    """The replicas' metrics, each stacked on a leading replica axis."""
+    return {k: jnp.stack([m[k] for m in metrics]) for k in metrics[0]}
