@@ -13,7 +13,8 @@ the command's JSON plus the wall and CPU time of the process and how many
 cores other processes kept busy meanwhile (compile times on a shared 2-core
 machine are only comparable at equal load; the CPU time less so).
 Rows are appended to ``benchmarks/results/tpu-<chip>.json`` as they finish, so
-a long run can be stopped and resumed; ``.md`` is rendered from the JSON.
+a long run can be stopped and resumed; ``.md``'s table is rendered from the JSON,
+and the hand-written sections after it (from its first ``## `` heading) are kept.
 """
 
 from __future__ import annotations
@@ -169,6 +170,15 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_markdown(path: pathlib.Path, table: str) -> None:
+    """Write the rendered ``table`` to ``path``, keeping the hand-written sections that
+    follow the table there (everything from the first ``## `` heading on)."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find("\n## ")
+    tail = old[start:] if start >= 0 else ""
+    path.write_text(table + tail)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(CORE + REST))
@@ -192,8 +202,8 @@ def main() -> None:
                 r for r in data["rows"] if (r["model"], r["dtype"], r["topology"]) != row_key(row)
             ] + [row]
             stem.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-            stem.with_suffix(".md").write_text(render(data))
-    stem.with_suffix(".md").write_text(render(data))
+            write_markdown(stem.with_suffix(".md"), render(data))
+    write_markdown(stem.with_suffix(".md"), render(data))
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, str, str]:

@@ -445,3 +445,14 @@ def test_real_data_report_summarises_each_network_over_its_seeds(tmp_path) -> No
     rows = report.summary(tmp_path, report.read(tmp_path))
     assert "| ours net | 2 | 70.00, 60.00 | 65.00 ± 7.07 | 200 |" in rows
     assert "| PyTorch net | 1 | 65.00 | 65.00 ± 0.00 | 50 |" in rows
+
+
+def test_tpu_table_render_keeps_the_hand_written_sections(tmp_path) -> None:
+    tpu = _load("tpu")
+    page = tmp_path / "tpu-v5e.md"
+    page.write_text("# old title\n\nold table\n\n## Notes by hand\n\nkept text\n")
+    tpu.write_markdown(page, "# new title\n\nnew table\n")
+    assert page.read_text() == "# new title\n\nnew table\n\n## Notes by hand\n\nkept text\n"
+    fresh = tmp_path / "fresh.md"
+    tpu.write_markdown(fresh, "# only the table\n")
+    assert fresh.read_text() == "# only the table\n"
