@@ -32,6 +32,7 @@ read from the optimised HLO (``compiled.as_text()``):
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -43,8 +44,8 @@ from typing import Any
 import jax
 
 from sparsenet_jax.tools import aot
-from sparsenet_jax.training import flags
-from sparsenet_jax.training.build import build_run
+from sparsenet_jax.training import flags, replicas
+from sparsenet_jax.training.build import build_run, default_replica_mode
 
 _COMP = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
 _NAME = re.compile(r"%[\w.\-]+")
@@ -277,12 +278,24 @@ def measure(step: Any, *args: Any, hlo_to: str | None = None) -> dict[str, Any]:
     }
 
 
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """``python -m sparsenet_jax.aot``'s flags, and how ``--seeds`` replicas share the program."""
+    aot.add_flags(parser)
+    parser.add_argument(
+        "--replica-mode",
+        choices=replicas.REPLICA_MODES,
+        default=None,
+        help="with --seeds N: vmap or unroll the replicas (default: the backend's)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     config, extras = flags.parse_with_extras(
-        argv, prog="benchmarks/tpu_shapes.py", add_extra=aot.add_flags
+        argv, prog="benchmarks/tpu_shapes.py", add_extra=add_flags
     )
     jax.config.update("jax_enable_compilation_cache", False)
-    run = build_run(config, devices=aot.topology_devices(extras.topology))
+    devices = aot.topology_devices(extras.topology)
+    run = build_run(config, devices=devices, replica_mode=extras.replica_mode)
     state = run.abstract_state()
     # TPU_SHAPES_HLO=prefix writes each step's optimised HLO to prefix-{train,eval}.hlo.
     prefix = os.environ.get("TPU_SHAPES_HLO")
@@ -300,9 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         "model_kwargs": run.model_kwargs,
         "num_params": run.num_params,
         "batch_size": batch,
+        "seeds": run.seeds,
+        "replica_mode": extras.replica_mode or default_replica_mode(devices[0].platform),
         "train": train,
         "eval": eval_,
-        "train_bytes_per_image": train["bytes_accessed"] / batch,
+        "train_bytes_per_image": train["bytes_accessed"] / (batch * run.seeds),
     }
     print(json.dumps(result))
     return 0

@@ -456,3 +456,15 @@ def test_tpu_table_render_keeps_the_hand_written_sections(tmp_path) -> None:
     fresh = tmp_path / "fresh.md"
     tpu.write_markdown(fresh, "# only the table\n")
     assert fresh.read_text() == "# only the table\n"
+
+
+def test_tpu_shapes_takes_the_replica_mode() -> None:
+    import argparse
+
+    tpu_shapes = _load("tpu_shapes")
+    parser = argparse.ArgumentParser()
+    tpu_shapes.add_flags(parser)
+    assert parser.parse_args(["--replica-mode", "unroll"]).replica_mode == "unroll"
+    assert parser.parse_args([]).replica_mode is None  # the backend's default
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--replica-mode", "pmap"])
