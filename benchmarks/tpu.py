@@ -121,10 +121,10 @@ def _gib(num_bytes: float) -> str:
 
 
 def row_md(row: dict[str, Any]) -> str:
+    if "train_compile_s" not in row:  # the error in the batch column, the rest empty
+        return f"| `{row['model']}` | {row['dtype']} | — | {row.get('error', '')} |" + " |" * 8
     stats = "shared" if row.get("model_kwargs", {}).get("share_stats") else "per reader"
     head = f"| `{row['model']}` | {row['dtype']} | {stats} |"
-    if "train_compile_s" not in row:
-        return f"{head} {row.get('error', '')} |" + " |" * 7
     temp = max(row["train_memory"]["temp_bytes"], row["eval_memory"]["temp_bytes"])
     fit = "" if row.get("fits", True) else f" (over the chip's {_gib(row['hbm_capacity_bytes'])})"
     return (

@@ -468,3 +468,13 @@ def test_tpu_shapes_takes_the_replica_mode() -> None:
     assert parser.parse_args([]).replica_mode is None  # the backend's default
     with pytest.raises(SystemExit):
         parser.parse_args(["--replica-mode", "pmap"])
+
+
+def test_tpu_table_row_of_a_failed_compile_has_every_column() -> None:
+    tpu = _load("tpu")
+    row = {"model": "densenet-bc-190-40", "dtype": "bfloat16", "error": "needs 19.23 GiB"}
+    line = tpu.row_md(row)
+    header = tpu.render({"machine": {"cpu": "x", "cores": 2}, "versions": {}, "rows": []})
+    columns = next(h for h in header.splitlines() if h.startswith("| model")).count("|")
+    assert line.count("|") == columns
+    assert "| — | needs 19.23 GiB |" in line
