@@ -37,14 +37,21 @@ def test_auto_dtype_is_bfloat16_on_tpu_only():
     assert resolve_dtype("float32", "tpu") == "float32"
 
 
-def test_shared_statistics_are_the_tpu_default_only():
+def test_shared_statistics_on_tpu_and_the_gemm_weight_gradient_on_cpu():
     assert backend_defaults("tpu") == {"share_stats": True}
-    assert backend_defaults("cpu") == backend_defaults("gpu") == {}
+    assert backend_defaults("cpu") == {"conv_impl": "auto"}
+    assert backend_defaults("gpu") == {}
+    # channel_bucket needs XLA's convolution: asking for it drops the CPU default.
+    assert backend_defaults("cpu", {"channel_bucket": 128}) == {}
+    bucketed = build_run(digits_config(model_kwargs={"channel_bucket": 16}))
+    assert bucketed.model.conv_impl == "xla"
 
 
 def test_backend_defaults_reach_the_model_and_model_kwargs_override_them(monkeypatch):
-    assert build_run(digits_config()).model.share_stats is False  # this CPU
-    monkeypatch.setattr(build, "backend_defaults", lambda platform: {"share_stats": True})
+    on_cpu = build_run(digits_config())
+    assert on_cpu.model.share_stats is False and on_cpu.model.conv_impl == "auto"
+    assert build_run(digits_config(model_kwargs={"conv_impl": "xla"})).model.conv_impl == "xla"
+    monkeypatch.setattr(build, "backend_defaults", lambda *_: {"share_stats": True})
     shared = build_run(digits_config())
     assert shared.model.share_stats is True and shared.model_kwargs["share_stats"] is True
     mine = build_run(digits_config(model_kwargs={"share_stats": False}))
@@ -55,7 +62,7 @@ def test_run_describes_the_config(run):
     assert run.config.dtype == "float32"  # auto, resolved for this CPU
     assert run.steps_per_epoch == run.info.num_train // 32
     assert run.total_steps == run.config.epochs * run.steps_per_epoch
-    assert run.model_kwargs == {"in_channels": 1, "dtype": "float32"}
+    assert run.model_kwargs == {"in_channels": 1, "dtype": "float32", "conv_impl": "auto"}
     # model_kwargs rebuild the same network.
     rebuilt = create_model(run.config.model, run.info.num_classes, **run.model_kwargs)
     assert jnp.dtype(rebuilt.dtype) == jnp.dtype(run.model.dtype)

@@ -373,3 +373,25 @@ def test_cifar10_cpu_recipe_is_a_sparsenet_with_a_short_schedule():
     paper = flags.parse_args(["--recipe", "cifar10"])
     assert (paper.model, paper.epochs, paper.lr_schedule) == ("sparsenet-40-24", 300, "piecewise")
     assert (paper.label_smoothing, paper.lr_boundaries) == (0.0, (150.0, 225.0))
+
+
+def test_the_conv_impl_is_how_not_what_and_may_change_on_resume(tmp_path):
+    """A CPU workdir recorded before the GEMM weight gradient became the CPU default
+    (model_kwargs {}) resumes with it, and one recorded with it resumes on a GPU;
+    any other model kwarg still refuses."""
+    from sparsenet_jax.training import identity
+    from sparsenet_jax.training.errors import TrainingError
+
+    base = flags.parse_args(["--recipe", "digits", "--workdir", str(tmp_path)])
+    for recorded, asked in [({}, {"conv_impl": "shift-dw"}), ({"conv_impl": "shift-dw"}, {})]:
+        (tmp_path / "config.json").write_text(
+            config_lib.to_json(dataclasses.replace(base, model_kwargs=recorded))
+        )
+        identity.check_identity(tmp_path, dataclasses.replace(base, model_kwargs=asked), None)
+        old_manifest = config_lib.identity(dataclasses.replace(base, model_kwargs=recorded))
+        identity.check_identity(
+            tmp_path, dataclasses.replace(base, model_kwargs=asked), old_manifest
+        )
+    other = dataclasses.replace(base, model_kwargs={"conv_impl": "xla", "share_stats": True})
+    with pytest.raises(TrainingError, match="model_kwargs: workdir has"):
+        identity.check_identity(tmp_path, other, None)

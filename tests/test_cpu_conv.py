@@ -118,13 +118,14 @@ def test_shifted_stack_offsets() -> None:
     np.testing.assert_array_equal(stack[:, 1:, 1:, 8], g[:, :-1, :-1, 0])  # (i, j) = (2, 2)
 
 
-def test_conv_impl_shift_dw_is_the_same_network():
+@pytest.mark.parametrize("impl", ["shift-dw", "auto"])
+def test_conv_impl_shift_dw_is_the_same_network(impl: str):
     """The model option: same parameters, same logits and gradients as the XLA convolutions."""
     import sparsenet_jax as sj
 
     images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     plain = sj.create_model("sparsenet-13-6")
-    shifted = sj.create_model("sparsenet-13-6", conv_impl="shift-dw")
+    shifted = sj.create_model("sparsenet-13-6", conv_impl=impl)
     variables = sj.init_variables(plain, seed=0)
     chex.assert_trees_all_equal_shapes(variables, sj.init_variables(shifted, seed=0))
 
@@ -139,3 +140,29 @@ def test_conv_impl_shift_dw_is_the_same_network():
     chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="conv_impl must be one of"):
         sj.create_model("sparsenet-13-6", conv_impl="fast")
+
+
+def _weight_grad_dots(module: nn.Module, x: jax.Array) -> int:
+    """How many dot_generals the gradient of ``module`` at ``x`` holds (the GEMM weight
+    gradient is one; XLA's convolution gradients none)."""
+    params = module.init(jax.random.key(0), x)
+    grad = jax.grad(lambda p: jnp.sum(module.apply(p, x) ** 2))
+    return str(jax.make_jaxpr(grad)(params)).count("dot_general")
+
+
+@pytest.mark.parametrize(("cin", "gemm"), [(4, False), (7, False), (8, True), (12, True)])
+def test_auto_takes_the_gemm_only_for_inputs_twice_as_wide_as_the_output(cin, gemm) -> None:
+    """conv_impl="auto" (the CPU default): the shifted-stack GEMM where the input has at least
+    two channels per output channel (a unit reading a concatenation), XLA's gradient where
+    in ≈ out (a ResNet's convolutions, which the GEMM made slower). Same results either way."""
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 6, 6, cin)), jnp.float32)
+    auto = cpu_conv.make_shift_conv(None, jnp.float32, dx="conv", min_in_per_out=2)(
+        4, (3, 3), padding=1
+    )
+    assert (_weight_grad_dots(auto, x) > 0) is gemm
+    theirs = nn.Conv(4, (3, 3), padding=1, use_bias=False, kernel_init=cpu_conv.conv_init)
+    params = auto.init(jax.random.key(0), x)
+    grads = [
+        jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x))))(params) for m in (auto, theirs)
+    ]
+    chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)

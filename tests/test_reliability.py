@@ -408,7 +408,7 @@ def test_tpu_defaults_are_recorded_in_the_resolved_config():
     config = config_lib.from_dict({**config_lib.RECIPES["digits"], "workdir": "unused"})
     on_tpu = resolve(config, "tpu")
     assert on_tpu.dtype == "bfloat16" and on_tpu.model_kwargs == {"share_stats": True}
-    assert resolve(config, "cpu").model_kwargs == {}
+    assert resolve(config, "cpu").model_kwargs == {"conv_impl": "auto"}
     chosen = dataclasses.replace(config, model_kwargs={"share_stats": False})
     assert resolve(chosen, "tpu").model_kwargs == {"share_stats": False}
 

@@ -145,6 +145,10 @@ class ShiftConv(nn.Module):
     kernel_init: Callable[..., Any] = conv_init
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    # Use the GEMM backward pass only when the input has at least this many channels per
+    # output channel (0: always). The shifted stack is k·k·out wide: it pays where a unit
+    # reads a concatenation wider than it writes, not in a ResNet's in = out convolutions.
+    min_in_per_out: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -155,19 +159,30 @@ class ShiftConv(nn.Module):
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         if self.dx not in DX_IMPLS:
             raise ValueError(f"ShiftConv dx {self.dx!r}: expected one of {', '.join(DX_IMPLS)}")
+        if x.shape[-1] < self.min_in_per_out * self.features:
+            return _forward(x, kernel)  # XLA's own gradients
         return (shift_conv if self.dx == "gemm" else shift_conv_dw)(x, kernel)
 
 
-# The model's conv_impl choices: XLA's convolutions, or 3×3 weight gradients as
-# one GEMM over the shifted output gradient (1.3× faster train steps on XLA:CPU,
-# benchmarks/results/cpu-peers-2026-11-27.md; not measured on GPU or TPU).
-CONV_IMPLS = ("xla", "shift-dw")
+# The model's conv_impl choices: XLA's convolutions; 3×3 weight gradients as one GEMM
+# over the shifted output gradient ("shift-dw": 1.37× faster sparsenet-40-24 train steps
+# on a quiet 2-core XLA:CPU, benchmarks/results/cpu-peers-2026-11-28-quiet.md, but
+# 1.16× slower resnet-56 ones); or "auto", the GEMM only where the input has at least
+# AUTO_MIN_IN_PER_OUT channels per output channel (the CPU default). Not measured on
+# GPU or TPU.
+CONV_IMPLS = ("xla", "shift-dw", "auto")
+AUTO_MIN_IN_PER_OUT = 2
 
 
 def make_shift_conv(
-    dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True, dx: str = "gemm"
+    dtype: Any,
+    param_dtype: Any,
+    pointwise_as_dot: bool = True,
+    dx: str = "gemm",
+    min_in_per_out: int = 0,
 ) -> Callable[..., nn.Module]:
-    """``units.make_conv`` with :class:`ShiftConv` (``dx``) for every convolution it supports.
+    """``units.make_conv`` with :class:`ShiftConv` (``dx``, ``min_in_per_out``) for every
+    convolution it supports.
 
     1×1 stride-1 convolutions stay :class:`~sparsenet_jax.model.units.PointwiseConv`
     (with ``pointwise_as_dot``); the rest (strided stems, 7×7 with stride 2) ``nn.Conv``.
@@ -182,7 +197,13 @@ def make_shift_conv(
         name = kwargs.get("name")
         if not extra and supports(kernel_size, strides, padding):
             return ShiftConv(
-                features, tuple(kernel_size), dx, dtype=dtype, param_dtype=param_dtype, name=name
+                features,
+                tuple(kernel_size),
+                dx,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                min_in_per_out=min_in_per_out,
+                name=name,
             )
         plain_1x1 = (
             tuple(kernel_size) == (1, 1)

@@ -36,7 +36,7 @@ from sparsenet_jax.model.block import (
     make_norm,
 )
 from sparsenet_jax.model.checks import STEM_KINDS, StemKind, validate_module
-from sparsenet_jax.model.cpu_conv import make_shift_conv
+from sparsenet_jax.model.cpu_conv import AUTO_MIN_IN_PER_OUT, make_shift_conv
 from sparsenet_jax.model.schedule import Schedule
 
 __all__ = ["STEM_KINDS", "SparseNet", "StemKind", "init_variables", "validate_module"]
@@ -83,9 +83,12 @@ class SparseNet(nn.Module):
         ReLU with zero channels to a multiple of it, and its first kernel with
         zero rows in the forward pass; the same parameters and function, and
         convolutions of a few shapes instead of one a layer (TPU compile time).
-      conv_impl: ``"xla"``, or ``"shift-dw"``: 3×3 weight gradients as one GEMM
-        over the shifted output gradient (same function and parameters; a 1.3×
-        faster train step on XLA:CPU, not measured on GPU or TPU).
+      conv_impl: ``"xla"``; ``"shift-dw"``: 3×3 weight gradients as one GEMM
+        over the shifted output gradient (same function and parameters; a 1.37×
+        faster sparsenet-40-24 train step on XLA:CPU, but a slower resnet-56 one);
+        or ``"auto"``: the GEMM only for convolutions whose input is at least twice
+        as wide as their output (the trainer's CPU default). Not measured on GPU
+        or TPU.
     """
 
     block_sizes: Sequence[int]
@@ -191,8 +194,11 @@ class SparseNet(nn.Module):
         self, x: jax.Array, train: bool, output: Literal["logits", "features", "maps"]
     ) -> jax.Array | list[jax.Array]:
         self._check_input(x)
-        if self.conv_impl == "shift-dw":
-            conv = make_shift_conv(self.dtype, self.param_dtype, self.pointwise_as_dot, dx="conv")
+        if self.conv_impl in ("shift-dw", "auto"):
+            ratio = AUTO_MIN_IN_PER_OUT if self.conv_impl == "auto" else 0
+            conv = make_shift_conv(
+                self.dtype, self.param_dtype, self.pointwise_as_dot, "conv", ratio
+            )
         else:
             conv = make_conv(self.dtype, self.param_dtype, self.pointwise_as_dot)
         norm = make_norm(train, self.dtype, self.param_dtype)

@@ -35,16 +35,29 @@ def resolve_dtype(dtype: str, platform: str) -> str:
     return "bfloat16" if platform == "tpu" else "float32"
 
 
-def backend_defaults(platform: str) -> dict[str, Any]:
-    """``create_model`` settings chosen by backend; ``--model-kwargs`` overrides them.
+def backend_defaults(platform: str, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``create_model`` settings chosen by backend; ``--model-kwargs`` (``chosen``) overrides them.
 
     On TPU the networks are bound by memory traffic, and sharing each output's
     BatchNorm statistics among its readers cuts the bytes a train step moves by
     about a fifth (``benchmarks/results/tpu-compile-notes.md``). Elsewhere it is
     off: on XLA:CPU it is no faster, and in float32 its other summation order
     moves a reference SGD-step test past its bound. Same parameters either way.
+
+    On CPU a 3×3 convolution whose input is at least twice as wide as its output
+    takes its weight gradient as one GEMM over the shifted output gradient
+    (``conv_impl="auto"``): XLA:CPU's own weight-gradient convolution is its slowest
+    kernel. On a quiet 2-core machine the GEMM made the sparsenet-40-24 train step
+    1.37× faster but resnet-56's 1.16× slower, whose convolutions are as wide in as
+    out (``benchmarks/results/cpu-peers-2026-11-28-quiet.md``, ``cpu-conv-impl-2026-11-28.md``).
+    Not where the user asked for ``channel_bucket``, which needs XLA's convolution.
     """
-    return {"share_stats": True} if platform == "tpu" else {}
+    chosen = chosen or {}
+    if platform == "tpu":
+        return {"share_stats": True}
+    if platform == "cpu" and not chosen.get("channel_bucket"):
+        return {"conv_impl": "auto"}
+    return {}
 
 
 def default_replica_mode(platform: str) -> str:
@@ -214,13 +227,13 @@ def resolve(config: TrainConfig, platform: str) -> TrainConfig:
     """``config`` as it will run on ``platform``: what ``auto`` and the backend chose.
 
     The compute dtype, the backend's model defaults (shared BatchNorm
-    statistics on TPU) merged under ``--model-kwargs``, and the loader: what
+    statistics on TPU, the GEMM weight gradient on CPU) merged under ``--model-kwargs``, and the loader: what
     ``config.json`` records, so the workdir says how the network ran.
     """
     return dataclasses.replace(
         config,
         dtype=resolve_dtype(config.dtype, platform),
-        model_kwargs={**backend_defaults(platform), **config.model_kwargs},
+        model_kwargs={**backend_defaults(platform, config.model_kwargs), **config.model_kwargs},
         loader=resolve_loader(config),
     )
 

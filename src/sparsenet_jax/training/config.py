@@ -255,9 +255,21 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, origin or hint)
 
 
+# ``model_kwargs`` that change how a step is computed, not what: the same parameters and,
+# up to rounding, the same values. A run may resume under another choice (a new backend
+# default, another machine), so they are left out of its identity.
+HOW_NOT_WHAT_KWARGS = frozenset({"conv_impl"})
+
+
+def step_kwargs(model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``model_kwargs`` without :data:`HOW_NOT_WHAT_KWARGS`: those that fix what a step means."""
+    return {k: v for k, v in model_kwargs.items() if k not in HOW_NOT_WHAT_KWARGS}
+
+
 def identity(config: TrainConfig) -> dict[str, Any]:
     """The fields a checkpoint belongs to (see :data:`IDENTITY_FIELDS`)."""
-    return {name: getattr(config, name) for name in IDENTITY_FIELDS}
+    fields = {name: getattr(config, name) for name in IDENTITY_FIELDS}
+    return {**fields, "model_kwargs": step_kwargs(config.model_kwargs)}
 
 
 def to_json(config: TrainConfig) -> str:

@@ -142,6 +142,9 @@ def check_identity(
 
 
 def _differs(recorded: dict[str, Any], key: str, asked: Any) -> bool:
+    if key == "model_kwargs" and isinstance(recorded.get(key), dict):
+        # config.json keeps every kwarg that ran; only some fix what a step means.
+        return config_lib.step_kwargs(recorded[key]) != asked
     if key in recorded:
         return bool(recorded[key] != asked)
     return key in _BEFORE_RECORDED and _BEFORE_RECORDED[key] not in (None, asked)
