@@ -36,7 +36,7 @@ def resolve_dtype(dtype: str, platform: str) -> str:
 
 
 def backend_defaults(platform: str, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``create_model`` settings chosen by backend; ``--model-kwargs`` (``chosen``) overrides them.
+    """``create_model`` settings chosen by backend; ``--model-kwargs`` (``chosen``) win.
 
     On TPU the networks are bound by memory traffic, and sharing each output's
     BatchNorm statistics among its readers cuts the bytes a train step moves by
@@ -49,7 +49,8 @@ def backend_defaults(platform: str, chosen: dict[str, Any] | None = None) -> dic
     (``conv_impl="auto"``): XLA:CPU's own weight-gradient convolution is its slowest
     kernel. On a quiet 2-core machine the GEMM made the sparsenet-40-24 train step
     1.37× faster but resnet-56's 1.16× slower, whose convolutions are as wide in as
-    out (``benchmarks/results/cpu-peers-2026-11-28-quiet.md``, ``cpu-conv-impl-2026-11-28.md``).
+    out (``benchmarks/results/cpu-peers-2026-11-28-quiet.md`` and
+    ``cpu-conv-impl-2026-11-28.md``).
     Not where the user asked for ``channel_bucket``, which needs XLA's convolution.
     """
     chosen = chosen or {}
@@ -227,8 +228,9 @@ def resolve(config: TrainConfig, platform: str) -> TrainConfig:
     """``config`` as it will run on ``platform``: what ``auto`` and the backend chose.
 
     The compute dtype, the backend's model defaults (shared BatchNorm
-    statistics on TPU, the GEMM weight gradient on CPU) merged under ``--model-kwargs``, and the loader: what
-    ``config.json`` records, so the workdir says how the network ran.
+    statistics on TPU, the GEMM weight gradient on CPU) merged under
+    ``--model-kwargs``, and the loader: what ``config.json`` records, so the
+    workdir says how the network ran.
     """
     return dataclasses.replace(
         config,
