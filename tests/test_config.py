@@ -375,7 +375,7 @@ def test_cifar10_cpu_recipe_is_a_sparsenet_with_a_short_schedule():
     assert (paper.label_smoothing, paper.lr_boundaries) == (0.0, (150.0, 225.0))
 
 
-def test_the_conv_impl_is_how_not_what_and_may_change_on_resume(tmp_path):
+def test_the_conv_impl_and_per_input_conv_are_how_not_what_and_may_change_on_resume(tmp_path):
     """A CPU workdir recorded before the GEMM weight gradient became the CPU default
     (model_kwargs {}) resumes with it, and one recorded with it resumes on a GPU;
     any other model kwarg still refuses."""
@@ -383,7 +383,11 @@ def test_the_conv_impl_is_how_not_what_and_may_change_on_resume(tmp_path):
     from sparsenet_jax.training.errors import TrainingError
 
     base = flags.parse_args(["--recipe", "digits", "--workdir", str(tmp_path)])
-    for recorded, asked in [({}, {"conv_impl": "shift-dw"}), ({"conv_impl": "shift-dw"}, {})]:
+    for recorded, asked in [
+        ({}, {"conv_impl": "shift-dw"}),
+        ({"conv_impl": "shift-dw"}, {}),
+        ({}, {"per_input_conv": True}),  # the TPU compile-time switch, too
+    ]:
         (tmp_path / "config.json").write_text(
             config_lib.to_json(dataclasses.replace(base, model_kwargs=recorded))
         )

@@ -104,6 +104,17 @@ class AggregationBlock(nn.Module):
     grows with the number of distinct fusions, generates each one once. On a
     TPU a channel axis occupies 128 lanes anyway, so 128 costs little there
     (``benchmarks/results/tpu-compile-notes.md``).
+
+    ``per_input_conv`` (concatenation, unrolled, training): each unit gets the
+    outputs it reads as separate tensors and never concatenates them: its
+    first BatchNorm and ReLU act on each, and its first convolution is one
+    convolution an input, on that input's rows of the kernel, summed
+    (:class:`~sparsenet_jax.model.units.PerInputConv`). Same parameters, same
+    function in another summation order; every layer's convolutions then have
+    the shapes of one or two kinds of input (a growth-rate-wide output, the
+    block input), whatever the number it reads, and the TPU compiler generates
+    far fewer distinct ones. The eval step keeps the concatenation: there the
+    partial sums moved 1.8–2× the bytes (``tpu-compile-notes.md`` §10).
     """
 
     num_layers: int
@@ -115,6 +126,7 @@ class AggregationBlock(nn.Module):
     remat: bool = False
     share_stats: bool = False
     channel_bucket: int = 0
+    per_input_conv: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -147,12 +159,25 @@ class AggregationBlock(nn.Module):
             if self.aggregation == "concat" and not self.is_initializing()
             else 0
         )
+        # Training only: in the eval step nothing is kept for a backward pass, and the
+        # partial sums cost more bytes than the concatenation they replace.
+        split = (
+            self.per_input_conv
+            and train
+            and self.aggregation == "concat"
+            and not self.is_initializing()
+        )
         outputs, stats = [x], [channel_stats(x) if share else None]
         for layer in range(1, self.num_layers + 1):
             reads = self.schedule.inputs(layer)
-            layer_input = _aggregate([outputs[i] for i in reads], self.aggregation)
+            layer_input = (
+                tuple(outputs[i] for i in reads)
+                if split
+                else _aggregate([outputs[i] for i in reads], self.aggregation)
+            )
             layer_stats = concat_stats([stats[i] for i in reads]) if share else None  # type: ignore[misc]
-            pad = {"pad_to": -(-layer_input.shape[-1] // bucket) * bucket} if bucket else {}
+            width = sum(outputs[i].shape[-1] for i in reads)
+            pad = {"pad_to": -(-width // bucket) * bucket} if bucket else {}
             y = unit_cls(self.growth_rate, name=f"block-{layer}", **pad)(
                 layer_input, train, layer_stats
             )

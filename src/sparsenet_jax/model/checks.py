@@ -68,7 +68,7 @@ def _check_types(model: SparseNet) -> None:
         value = getattr(model, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a number, got {value!r}")
-    for name in ("remat", "pointwise_as_dot", "share_stats"):
+    for name in ("remat", "pointwise_as_dot", "share_stats", "per_input_conv"):
         if not isinstance(value := getattr(model, name), bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
     for name in ("dtype", "param_dtype"):
@@ -111,6 +111,11 @@ def _check_ranges(model: SparseNet) -> None:
         raise ValueError(
             f"channel_bucket pads the unrolled block's inputs; block_impl "
             f"{model.block_impl!r} has its own layout: use channel_bucket=0"
+        )
+    if model.per_input_conv and (model.block_impl != "unrolled" or model.channel_bucket):
+        raise ValueError(
+            "per_input_conv splits the unrolled block's inputs: it needs block_impl "
+            f"'unrolled' and channel_bucket 0, got {model.block_impl!r} and {model.channel_bucket}"
         )
     if model.unit == "res_bottleneck" and any(g % 4 for g in growths):
         raise ValueError(f"res_bottleneck widths must be multiples of 4, got {growths}")

@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sparsenet_jax.model.units import PointwiseConv, conv_init
+from sparsenet_jax.model.units import PointwiseConv, conv_init, make_conv
 
 __all__ = [
     "DX_IMPLS",
@@ -191,7 +191,11 @@ def make_shift_conv(
         nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype
     )
 
+    xla = make_conv(dtype, param_dtype, pointwise_as_dot)
+
     def build(features: int, kernel_size: Sequence[int], **kwargs: Any) -> nn.Module:
+        if "parts" in kwargs:  # per_input_conv's convolutions of parts: XLA's
+            return xla(features, kernel_size, **kwargs)
         extra = set(kwargs) - {"name", "strides", "padding"}
         strides, padding = kwargs.get("strides", 1), kwargs.get("padding", 0)
         name = kwargs.get("name")

@@ -83,6 +83,14 @@ class SparseNet(nn.Module):
         ReLU with zero channels to a multiple of it, and its first kernel with
         zero rows in the forward pass; the same parameters and function, and
         convolutions of a few shapes instead of one a layer (TPU compile time).
+      per_input_conv: in training, in concatenating blocks (unrolled), each
+        unit's first BatchNorm, ReLU and convolution act on the outputs it reads
+        one by one, the convolutions summed, instead of on their concatenation:
+        the same parameters and function (another summation order), and
+        convolutions of a few shapes instead of one a layer. A v5e train step
+        compiles in 0.61–0.72× the time for the SparseNets, at +3–18% of the
+        compiler's estimated cycles (+51% for densenet-121), so no backend uses
+        it by default (``benchmarks/results/tpu-compile-notes.md`` §10).
       conv_impl: ``"xla"``; ``"shift-dw"``: 3×3 weight gradients as one GEMM
         over the shifted output gradient (same function and parameters; a 1.37×
         faster sparsenet-40-24 train step on XLA:CPU, but a slower resnet-56 one);
@@ -110,6 +118,7 @@ class SparseNet(nn.Module):
     conv_impl: str = "xla"
     share_stats: bool = False
     channel_bucket: int = 0
+    per_input_conv: bool = False
 
     def __post_init__(self) -> None:
         validate_module(self)
@@ -233,6 +242,7 @@ class SparseNet(nn.Module):
                 remat=self.remat,
                 share_stats=self.share_stats,
                 channel_bucket=self.channel_bucket,
+                per_input_conv=self.per_input_conv,
                 name=f"dense-stage-{i}",
             )(x, train)
             maps.append(x)

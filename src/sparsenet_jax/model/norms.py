@@ -55,38 +55,56 @@ class BatchNorm(nn.BatchNorm):
     With ``stats`` in training it skips computing them and otherwise does what
     ``nn.BatchNorm`` does (feature axis last, scale and bias, float32
     statistics): normalises with them and moves the running averages towards them.
+
+    ``x`` may also be a sequence of tensors that stand for their channel
+    concatenation (``per_input_conv``): the result is then the list of their
+    normalised parts, each the slice of what the concatenation would give,
+    and the concatenation is never built.
     """
 
     @nn.compact
     def __call__(
         self,
-        x: jax.Array,
+        x: Any,
         use_running_average: bool | None = None,
         *,
         mask: jax.Array | None = None,
         stats: Stats | None = None,
-    ) -> jax.Array:
+    ) -> Any:
         running = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
-        if stats is None or running or self.is_initializing() or mask is not None:
+        parts = isinstance(x, (list, tuple))
+        if not parts and (stats is None or running or self.is_initializing() or mask is not None):
             return super().__call__(x, use_running_average, mask=mask)
-        if self.axis not in (-1, x.ndim - 1) or not (self.use_scale and self.use_bias):
+        if parts and (self.is_initializing() or mask is not None):
+            raise ValueError("BatchNorm of parts needs initialised variables and no mask")
+        pieces: list[jax.Array] = list(x) if parts else [x]
+        if self.axis not in (-1, pieces[0].ndim - 1) or not (self.use_scale and self.use_bias):
             raise ValueError("precomputed statistics need axis=-1 with scale and bias")
-        features = (x.shape[-1],)
+        features = (sum(p.shape[-1] for p in pieces),)
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
-        mean, var = stats
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        if running:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            mean, var = (
+                stats if stats is not None else concat_stats([channel_stats(p) for p in pieces])
+            )
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         scale = self.param("scale", self.scale_init, features, self.param_dtype)
         bias = self.param("bias", self.bias_init, features, self.param_dtype)
         # The order of Flax's _normalize: (x − mean) · (rsqrt(var + ε) · scale) + bias.
-        y = x - mean
         mul = jax.lax.rsqrt(var + self.epsilon) * scale
-        y = y * mul + bias
-        dtype = self.dtype if self.dtype is not None else jnp.result_type(x, scale, bias)
-        return jnp.asarray(y, dtype)
+        out, start = [], 0
+        for piece in pieces:
+            cut = slice(start, start + piece.shape[-1])
+            start = cut.stop
+            y = (piece - mean[cut]) * mul[cut] + bias[cut]
+            dtype = self.dtype if self.dtype is not None else jnp.result_type(piece, scale, bias)
+            out.append(jnp.asarray(y, dtype))
+        return out if parts else out[0]
 
 
 def make_norm(train: bool, dtype: Any, param_dtype: Any) -> Callable[..., BatchNorm]:

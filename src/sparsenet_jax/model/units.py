@@ -9,6 +9,7 @@ keeps :mod:`sparsenet_jax.model.convert` a plain renaming.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -110,6 +111,62 @@ class PaddedConv(nn.Module):
         )
 
 
+class PerInputConv(nn.Module):
+    """A stride-1 convolution of a channel concatenation, run as one convolution per part.
+
+    Called on the parts (a sequence of NHWC tensors) instead of their
+    concatenation: ``Σ_i conv(x_i, kernel[..., rows_i, :])``, the same sum as
+    one convolution of the concatenation, in another order. The kernel
+    parameter is the one ``nn.Conv`` would make for the concatenation (name,
+    shape, initial values). Units whose inputs differ only in how many parts
+    they read then run convolutions of the parts' few shapes
+    (``AggregationBlock.per_input_conv``).
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    in_features: int
+    padding: int = 0
+    kernel_init: Callable[..., Any] = conv_init
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, parts: Sequence[jax.Array]) -> jax.Array:
+        widths = [p.shape[-1] for p in parts]
+        if sum(widths) != self.in_features:
+            raise ValueError(f"parts of widths {widths} do not add up to {self.in_features}")
+        shape = (*self.kernel_size, self.in_features, self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        pads = [(self.padding, self.padding)] * len(self.kernel_size)
+        bounds = [0, *itertools.accumulate(widths)]
+        # Each part's rows become arrays of their own. Without the barrier XLA fuses
+        # each row slice into its convolution, and since the slice's offset and the
+        # kernel's width differ from layer to layer, so would every fusion.
+        rows_of = jax.lax.optimization_barrier(
+            [kernel[..., a:b, :] for a, b in itertools.pairwise(bounds)]
+        )
+        total = None
+        for part, part_rows in zip(parts, rows_of, strict=True):
+            x, rows = nn.dtypes.promote_dtype(part, part_rows, dtype=self.dtype)
+            if all(size == 1 for size in self.kernel_size) and not self.padding:
+                # As PointwiseConv: a matmul, the faster gradient on XLA:CPU.
+                y = jax.lax.dot_general(
+                    x, rows.reshape(rows.shape[-2:]), (((x.ndim - 1,), (0,)), ((), ()))
+                )
+            else:
+                y = jax.lax.conv_general_dilated(
+                    x,
+                    rows,
+                    (1,) * len(self.kernel_size),
+                    pads,
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                )
+            total = y if total is None else total + y
+        assert total is not None
+        return total
+
+
 def make_conv(
     dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True
 ) -> Callable[..., nn.Module]:
@@ -119,15 +176,32 @@ def make_conv(
     :class:`PointwiseConv` (a matmul); everything else is ``nn.Conv``.
     ``in_features=n`` (stride 1, integer padding) builds a convolution whose
     kernel has ``n`` input rows for an input that may be wider with zero
-    channels: :class:`PointwiseConv` or :class:`PaddedConv`.
+    channels: :class:`PointwiseConv` or :class:`PaddedConv`. ``parts=True``
+    (with ``in_features``) builds a :class:`PerInputConv`, called on the parts
+    of the input instead of their concatenation.
     """
     conv = functools.partial(
         nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype
     )
 
     def build(
-        features: int, kernel_size: Sequence[int], in_features: int | None = None, **kwargs: Any
+        features: int,
+        kernel_size: Sequence[int],
+        in_features: int | None = None,
+        parts: bool = False,
+        **kwargs: Any,
     ) -> nn.Module:
+        if parts:
+            if in_features is None or set(kwargs) - {"name", "padding"}:
+                raise ValueError(f"parts needs in_features, stride 1 and integer padding: {kwargs}")
+            return PerInputConv(
+                features,
+                tuple(kernel_size),
+                in_features,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                **kwargs,
+            )
         plain_1x1 = (
             tuple(kernel_size) == (1, 1)
             and set(kwargs) <= {"name", "strides", "padding"}
@@ -166,6 +240,11 @@ class _UnitBase(nn.Module):
     (in the forward pass; the parameters keep their shapes). The result is the
     same; units with inputs of different widths then run a first convolution of
     one shape, which the TPU compiler generates once (``channel_bucket``).
+
+    A unit may be called on a sequence of tensors instead of one: the parts
+    of its input, which it never concatenates. The first BatchNorm and ReLU
+    then act on each part and the first convolution is one convolution a part,
+    summed (:class:`PerInputConv`; ``per_input_conv``).
     """
 
     features: int
@@ -174,11 +253,27 @@ class _UnitBase(nn.Module):
     dropout_rate: float = 0.0
     pad_to: int = 0
 
-    def _padded(self, x: jax.Array) -> tuple[jax.Array, dict[str, int]]:
-        """``x`` padded to ``pad_to`` channels, and the first conv's ``in_features`` if it was."""
-        if not self.pad_to or self.pad_to == x.shape[-1]:
-            return x, {}
-        return pad_channels(x, self.pad_to), {"in_features": x.shape[-1]}
+    def _first(
+        self,
+        x: jax.Array | Sequence[jax.Array],
+        stats: Stats | None,
+        features: int,
+        kernel_size: tuple[int, int],
+    ) -> jax.Array:
+        """BN ``bn1`` → ReLU → conv ``conv1`` (``features``, ``kernel_size``, same padding)."""
+        padding = {"padding": kernel_size[0] // 2} if kernel_size != (1, 1) else {}
+        h = self.norm(name="bn1")(x, stats=stats)
+        if isinstance(h, list):
+            widths = sum(part.shape[-1] for part in h)
+            conv = self.conv(
+                features, kernel_size, in_features=widths, parts=True, name="conv1", **padding
+            )
+            return conv([nn.relu(part) for part in h])
+        h = nn.relu(h)
+        if self.pad_to and self.pad_to != h.shape[-1]:
+            padding["in_features"] = h.shape[-1]
+            h = pad_channels(h, self.pad_to)
+        return self.conv(features, kernel_size, name="conv1", **padding)(h)
 
     def _drop(self, x: jax.Array, train: bool) -> jax.Array:
         if self.dropout_rate > 0.0:
@@ -194,10 +289,8 @@ class PlainUnit(_UnitBase):
     """
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, stats: Stats | None = None) -> jax.Array:
-        x, padded = self._padded(nn.relu(self.norm(name="bn1")(x, stats=stats)))
-        x = self.conv(self.features, (3, 3), padding=1, name="conv1", **padded)(x)
-        return self._drop(x, train)
+    def __call__(self, x: Any, train: bool = False, stats: Stats | None = None) -> jax.Array:
+        return self._drop(self._first(x, stats, self.features, (3, 3)), train)
 
 
 class BottleneckUnit(_UnitBase):
@@ -206,10 +299,8 @@ class BottleneckUnit(_UnitBase):
     bottleneck_factor: int = 4
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, stats: Stats | None = None) -> jax.Array:
-        x, padded = self._padded(nn.relu(self.norm(name="bn1")(x, stats=stats)))
-        x = self.conv(self.bottleneck_factor * self.features, (1, 1), name="conv1", **padded)(x)
-        x = self._drop(x, train)
+    def __call__(self, x: Any, train: bool = False, stats: Stats | None = None) -> jax.Array:
+        x = self._drop(self._first(x, stats, self.bottleneck_factor * self.features, (1, 1)), train)
         x = nn.relu(self.norm(name="bn2")(x))
         x = self.conv(self.features, (3, 3), padding=1, name="conv2")(x)
         return self._drop(x, train)
@@ -219,10 +310,8 @@ class BasicUnit(_UnitBase):
     """Pre-activation ResNet basic unit: (BN → ReLU → conv 3×3) × 2."""
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, stats: Stats | None = None) -> jax.Array:
-        x, padded = self._padded(nn.relu(self.norm(name="bn1")(x, stats=stats)))
-        x = self.conv(self.features, (3, 3), padding=1, name="conv1", **padded)(x)
-        x = self._drop(x, train)
+    def __call__(self, x: Any, train: bool = False, stats: Stats | None = None) -> jax.Array:
+        x = self._drop(self._first(x, stats, self.features, (3, 3)), train)
         x = nn.relu(self.norm(name="bn2")(x))
         x = self.conv(self.features, (3, 3), padding=1, name="conv2")(x)
         return self._drop(x, train)
@@ -234,11 +323,9 @@ class ResBottleneckUnit(_UnitBase):
     bottleneck_factor: int = 4
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, stats: Stats | None = None) -> jax.Array:
+    def __call__(self, x: Any, train: bool = False, stats: Stats | None = None) -> jax.Array:
         inner = self.features // self.bottleneck_factor
-        x, padded = self._padded(nn.relu(self.norm(name="bn1")(x, stats=stats)))
-        x = self.conv(inner, (1, 1), name="conv1", **padded)(x)
-        x = self._drop(x, train)
+        x = self._drop(self._first(x, stats, inner, (1, 1)), train)
         x = nn.relu(self.norm(name="bn2")(x))
         x = self.conv(inner, (3, 3), padding=1, name="conv2")(x)
         x = self._drop(x, train)

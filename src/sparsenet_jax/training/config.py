@@ -258,7 +258,7 @@ def _matches(value: Any, hint: Any) -> bool:
 # ``model_kwargs`` that change how a step is computed, not what: the same parameters and,
 # up to rounding, the same values. A run may resume under another choice (a new backend
 # default, another machine), so they are left out of its identity.
-HOW_NOT_WHAT_KWARGS = frozenset({"conv_impl"})
+HOW_NOT_WHAT_KWARGS = frozenset({"conv_impl", "per_input_conv"})
 
 
 def step_kwargs(model_kwargs: dict[str, Any]) -> dict[str, Any]:
