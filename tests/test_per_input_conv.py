@@ -19,7 +19,12 @@ import sparsenet_jax as sj
 from sparsenet_jax.model.norms import BatchNorm
 from sparsenet_jax.model.units import PerInputConv, make_conv
 from test_layers import _float64
-from test_shape_buckets import SMALL, _conv_input_shapes, _everything, _images, assert_same_network
+from test_shape_buckets import (
+    SMALL,
+    _conv_input_shapes,
+    assert_close_in_float32,
+    assert_same_network,
+)
 
 SLOW = pytest.mark.slow
 
@@ -59,13 +64,7 @@ def test_per_input_convolutions_match_the_plain_block_in_float32(name, overrides
     """The float32 tolerances of tests/test_layers.py's block variants."""
     plain = sj.create_model(name, **overrides)
     split = sj.create_model(name, per_input_conv=True, **overrides)
-    variables = sj.init_variables(plain, 0)
-    x = _images(overrides)
-    ref, got = _everything(plain, variables, x), _everything(split, variables, x)
-    chex.assert_trees_all_close(got["eval"], ref["eval"], atol=1e-5, rtol=1e-5)
-    chex.assert_trees_all_close(got["loss"], ref["loss"], rtol=1e-5)
-    chex.assert_trees_all_close(got["stats"], ref["stats"], atol=1e-5, rtol=1e-5)
-    chex.assert_trees_all_close(got["grads"], ref["grads"], atol=1e-4, rtol=1e-4)
+    assert_close_in_float32(plain, split, overrides)
 
 
 def test_per_input_convolutions_leave_few_shapes_in_training_only():

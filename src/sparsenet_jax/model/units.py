@@ -75,7 +75,33 @@ def _pad_rows(kernel: jax.Array, rows: int) -> jax.Array:
     return jnp.pad(kernel, [(0, 0)] * (kernel.ndim - 2) + [(0, extra), (0, 0)])
 
 
-class PaddedConv(nn.Module):
+class _StrideOneConv(nn.Module):
+    """Fields shared by the stride-1 convolutions whose kernel has ``in_features`` rows."""
+
+    features: int
+    kernel_size: Sequence[int]
+    in_features: int
+    padding: int = 0
+    kernel_init: Callable[..., Any] = conv_init
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def _kernel(self) -> jax.Array:
+        shape = (*self.kernel_size, self.in_features, self.features)
+        return self.param("kernel", self.kernel_init, shape, self.param_dtype)
+
+    def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        pads = [(self.padding, self.padding)] * len(self.kernel_size)
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (1,) * len(self.kernel_size),
+            pads,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+
+class PaddedConv(_StrideOneConv):
     """``nn.Conv(features, kernel_size, padding=..., use_bias=False)`` for an input padded with zero channels.
 
     The kernel parameter has ``in_features`` input rows (the shape, name and
@@ -87,31 +113,14 @@ class PaddedConv(nn.Module):
     (``AggregationBlock.channel_bucket``).
     """
 
-    features: int
-    kernel_size: Sequence[int]
-    in_features: int
-    padding: int = 0
-    kernel_init: Callable[..., Any] = conv_init
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (*self.kernel_size, self.in_features, self.features)
-        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        kernel = self._kernel()
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        kernel = _pad_rows(kernel, x.shape[-1])
-        pads = [(self.padding, self.padding)] * len(self.kernel_size)
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            (1,) * len(self.kernel_size),
-            pads,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        return self._conv(x, _pad_rows(kernel, x.shape[-1]))
 
 
-class PerInputConv(nn.Module):
+class PerInputConv(_StrideOneConv):
     """A stride-1 convolution of a channel concatenation, run as one convolution per part.
 
     Called on the parts (a sequence of NHWC tensors) instead of their
@@ -123,22 +132,12 @@ class PerInputConv(nn.Module):
     (``AggregationBlock.per_input_conv``).
     """
 
-    features: int
-    kernel_size: Sequence[int]
-    in_features: int
-    padding: int = 0
-    kernel_init: Callable[..., Any] = conv_init
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-
     @nn.compact
     def __call__(self, parts: Sequence[jax.Array]) -> jax.Array:
         widths = [p.shape[-1] for p in parts]
         if sum(widths) != self.in_features:
             raise ValueError(f"parts of widths {widths} do not add up to {self.in_features}")
-        shape = (*self.kernel_size, self.in_features, self.features)
-        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
-        pads = [(self.padding, self.padding)] * len(self.kernel_size)
+        kernel = self._kernel()
         bounds = [0, *itertools.accumulate(widths)]
         # Each part's rows become arrays of their own. Without the barrier XLA fuses
         # each row slice into its convolution, and since the slice's offset and the
@@ -155,13 +154,7 @@ class PerInputConv(nn.Module):
                     x, rows.reshape(rows.shape[-2:]), (((x.ndim - 1,), (0,)), ((), ()))
                 )
             else:
-                y = jax.lax.conv_general_dilated(
-                    x,
-                    rows,
-                    (1,) * len(self.kernel_size),
-                    pads,
-                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                )
+                y = self._conv(x, rows)
             total = y if total is None else total + y
         assert total is not None
         return total
