@@ -378,7 +378,8 @@ def test_cifar10_cpu_recipe_is_a_sparsenet_with_a_short_schedule():
 def test_the_conv_impl_and_per_input_conv_are_how_not_what_and_may_change_on_resume(tmp_path):
     """A CPU workdir recorded before the GEMM weight gradient became the CPU default
     (model_kwargs {}) resumes with it, and one recorded with it resumes on a GPU;
-    any other model kwarg still refuses."""
+    per_input_conv may be switched on for a resumed run; any other model kwarg
+    still refuses."""
     from sparsenet_jax.training import identity
     from sparsenet_jax.training.errors import TrainingError
 

@@ -4,7 +4,7 @@ Issue 19: the TPU compiler generates code once per distinct fusion, and in an
 unrolled concatenating block every unit's first convolution reads a
 concatenation of its own width. With ``per_input_conv`` a unit never builds
 that concatenation: its first BatchNorm and ReLU act on each input, and its
-first convolution is one convolution an input, on that input's kernel rows,
+first convolution is one convolution per input, on that input's kernel rows,
 summed. Same parameters; the same function in another summation order.
 """
 
@@ -22,6 +22,7 @@ from test_layers import _float64
 from test_shape_buckets import (
     SMALL,
     _conv_input_shapes,
+    _images,
     assert_close_in_float32,
     assert_same_network,
 )
@@ -38,7 +39,7 @@ CASES = [
     pytest.param("sparsenet-bc-46-6", {"share_stats": True}, marks=SLOW),
     pytest.param("sparsenet-25-6", {"remat": True, "share_stats": True}, marks=SLOW),
     pytest.param("sparsenet-25-6", {"dropout_rate": 0.2}, marks=SLOW),
-    pytest.param("sparsenet-bc-22-6", {"pointwise_as_dot": False}, marks=SLOW),
+    pytest.param("sparsenet-bc-22-6", {"pointwise_as_dot": False}, marks=SLOW),  # 1×1 as convs
     pytest.param("sparsenet-bc-22-6", {"conv_impl": "auto"}, marks=SLOW),
 ]
 
@@ -79,6 +80,45 @@ def test_per_input_convolutions_leave_few_shapes_in_training_only():
     # The image (3), one output (24) and the block inputs (48, then 96 after each transition).
     assert widths == {3, 24, 48, 96}
     assert _conv_input_shapes(split, False) == _conv_input_shapes(plain, False)
+
+
+def test_the_kernel_rows_sit_behind_a_barrier():
+    """Without it XLA fuses each row slice (its offset differs from layer to layer) into
+    the convolution, and the TPU compiler sees as many distinct fusions as before."""
+    model = sj.create_model("sparsenet-25-6", per_input_conv=True, **SMALL)
+    variables = sj.init_variables(model, 0)
+    x = _images(SMALL)
+    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables
+    )
+    barriers = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "optimization_barrier"]
+    layers = sum(SMALL["block_sizes"])
+    assert len(barriers) == layers  # one a unit, holding its kernel's row slices
+    # The plain network has none.
+    plain = jax.make_jaxpr(
+        lambda v: model.clone(per_input_conv=False).apply(v, x, train=True, mutable=["batch_stats"])
+    )(variables)
+    assert not any(e.primitive.name == "optimization_barrier" for e in plain.jaxpr.eqns)
+
+
+def test_bfloat16_partial_sums_are_about_as_accurate_as_one_convolution():
+    """In bfloat16 the per-input sums round more often; the train logits stay within
+    twice the plain bfloat16 network's distance from the float32 one."""
+    overrides = {**SMALL, "share_stats": True}
+    truth_model = sj.create_model("sparsenet-25-6", **overrides)
+    variables = sj.init_variables(truth_model, 0)
+    x = _images(SMALL)
+
+    def train_logits(model):
+        logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return logits
+
+    truth = train_logits(truth_model)
+    plain = train_logits(truth_model.clone(dtype=jnp.bfloat16))
+    split = train_logits(truth_model.clone(dtype=jnp.bfloat16, per_input_conv=True))
+    plain_error = float(jnp.max(jnp.abs(plain - truth)))
+    split_error = float(jnp.max(jnp.abs(split - truth)))
+    assert 0.0 < split_error <= 2.0 * plain_error + 1e-3, (split_error, plain_error)
 
 
 def test_batchnorm_of_parts_is_the_slices_of_the_concatenation():

@@ -110,6 +110,7 @@ def assert_close_in_float32(plain, variant, overrides):
     x = _images(overrides)
     ref, got = _everything(plain, variables, x), _everything(variant, variables, x)
     chex.assert_trees_all_close(got["eval"], ref["eval"], atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(got["train"], ref["train"], atol=1e-5, rtol=1e-5)
     chex.assert_trees_all_close(got["loss"], ref["loss"], rtol=1e-5)
     chex.assert_trees_all_close(got["stats"], ref["stats"], atol=1e-5, rtol=1e-5)
     chex.assert_trees_all_close(got["grads"], ref["grads"], atol=1e-4, rtol=1e-4)

@@ -108,7 +108,7 @@ class AggregationBlock(nn.Module):
     ``per_input_conv`` (concatenation, unrolled, training): each unit gets the
     outputs it reads as separate tensors and never concatenates them: its
     first BatchNorm and ReLU act on each, and its first convolution is one
-    convolution an input, on that input's rows of the kernel, summed
+    convolution per input, on that input's rows of the kernel, summed
     (:class:`~sparsenet_jax.model.units.PerInputConv`). Same parameters, same
     function in another summation order; every layer's convolutions then have
     the shapes of one or two kinds of input (a growth-rate-wide output, the
@@ -137,6 +137,8 @@ class AggregationBlock(nn.Module):
             )
         if self.impl not in BLOCK_IMPLS:
             raise ValueError(f"block impl must be one of {BLOCK_IMPLS}, got {self.impl!r}")
+        if self.per_input_conv and (self.impl != "unrolled" or self.channel_bucket):
+            raise ValueError("per_input_conv needs impl 'unrolled' and channel_bucket 0")
         # Initialisation always takes the unrolled path: it creates the
         # variables that both paths share.
         if self.impl == "scan" and not self.is_initializing():
@@ -176,8 +178,10 @@ class AggregationBlock(nn.Module):
                 else _aggregate([outputs[i] for i in reads], self.aggregation)
             )
             layer_stats = concat_stats([stats[i] for i in reads]) if share else None  # type: ignore[misc]
-            width = sum(outputs[i].shape[-1] for i in reads)
-            pad = {"pad_to": -(-width // bucket) * bucket} if bucket else {}
+            pad = {}
+            if bucket:  # concatenation only
+                width = sum(outputs[i].shape[-1] for i in reads)
+                pad = {"pad_to": -(-width // bucket) * bucket}
             y = unit_cls(self.growth_rate, name=f"block-{layer}", **pad)(
                 layer_input, train, layer_stats
             )

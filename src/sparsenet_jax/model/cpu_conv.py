@@ -194,7 +194,10 @@ def make_shift_conv(
     xla = make_conv(dtype, param_dtype, pointwise_as_dot)
 
     def build(features: int, kernel_size: Sequence[int], **kwargs: Any) -> nn.Module:
-        if "parts" in kwargs:  # per_input_conv's convolutions of parts: XLA's
+        if "parts" in kwargs:
+            # per_input_conv's convolutions of parts are XLA's: ShiftConv has no
+            # per-part form, so these lose the GEMM weight gradient (1.86× the
+            # sparsenet-40-24 step time on XLA:CPU; tpu-compile-notes.md §10).
             return xla(features, kernel_size, **kwargs)
         extra = set(kwargs) - {"name", "strides", "padding"}
         strides, padding = kwargs.get("strides", 1), kwargs.get("padding", 0)

@@ -88,9 +88,9 @@ class SparseNet(nn.Module):
         one by one, the convolutions summed, instead of on their concatenation:
         the same parameters and function (another summation order), and
         convolutions of a few shapes instead of one a layer. A v5e train step
-        compiles in 0.61–0.72× the time for the SparseNets, at +3–18% of the
-        compiler's estimated cycles (+51% for densenet-121), so no backend uses
-        it by default (``benchmarks/results/tpu-compile-notes.md`` §10).
+        compiles in 0.61–0.72× the time for the SparseNets, at +3–18% estimated
+        cycles (+51% for densenet-121), and an XLA:CPU step takes 1.7–1.9× as
+        long, so no backend uses it by default (``benchmarks/results/tpu-compile-notes.md`` §10).
       conv_impl: ``"xla"``; ``"shift-dw"``: 3×3 weight gradients as one GEMM
         over the shifted output gradient (same function and parameters; a 1.37×
         faster sparsenet-40-24 train step on XLA:CPU, but a slower resnet-56 one);

@@ -79,9 +79,17 @@ class BatchNorm(nn.BatchNorm):
             return super().__call__(x, use_running_average, mask=mask)
         if parts and (self.is_initializing() or mask is not None):
             raise ValueError("BatchNorm of parts needs initialised variables and no mask")
+        if self.axis_name is not None or self.use_fast_variance:
+            # Statistics computed here are per device and two-pass: refuse what would differ.
+            raise ValueError(
+                "BatchNorm with precomputed statistics or parts needs axis_name=None "
+                "and use_fast_variance=False"
+            )
         pieces: list[jax.Array] = list(x) if parts else [x]
         if self.axis not in (-1, pieces[0].ndim - 1) or not (self.use_scale and self.use_bias):
-            raise ValueError("precomputed statistics need axis=-1 with scale and bias")
+            raise ValueError(
+                "BatchNorm with precomputed statistics or parts needs axis=-1 with scale and bias"
+            )
         features = (sum(p.shape[-1] for p in pieces),)
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)

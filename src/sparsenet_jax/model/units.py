@@ -129,8 +129,17 @@ class PerInputConv(_StrideOneConv):
     parameter is the one ``nn.Conv`` would make for the concatenation (name,
     shape, initial values). Units whose inputs differ only in how many parts
     they read then run convolutions of the parts' few shapes
-    (``AggregationBlock.per_input_conv``).
+    (``AggregationBlock.per_input_conv``). With ``pointwise_as_dot`` a 1×1
+    convolution is a matmul a part, as :class:`PointwiseConv`.
+
+    Each part's convolution returns the compute dtype, and the sum is taken in
+    it: in bfloat16 a unit that reads ``n`` parts rounds its running sum up to
+    ``n − 1`` more times than one convolution would (a float32 sum would move
+    twice the bytes of each partial result on a TPU, which is what the option
+    exists to save).
     """
+
+    pointwise_as_dot: bool = True
 
     @nn.compact
     def __call__(self, parts: Sequence[jax.Array]) -> jax.Array:
@@ -148,7 +157,8 @@ class PerInputConv(_StrideOneConv):
         total = None
         for part, part_rows in zip(parts, rows_of, strict=True):
             x, rows = nn.dtypes.promote_dtype(part, part_rows, dtype=self.dtype)
-            if all(size == 1 for size in self.kernel_size) and not self.padding:
+            pointwise = all(size == 1 for size in self.kernel_size) and not self.padding
+            if self.pointwise_as_dot and pointwise:
                 # As PointwiseConv: a matmul, the faster gradient on XLA:CPU.
                 y = jax.lax.dot_general(
                     x, rows.reshape(rows.shape[-2:]), (((x.ndim - 1,), (0,)), ((), ()))
@@ -185,7 +195,11 @@ def make_conv(
         **kwargs: Any,
     ) -> nn.Module:
         if parts:
-            if in_features is None or set(kwargs) - {"name", "padding"}:
+            if (
+                in_features is None
+                or set(kwargs) - {"name", "padding"}
+                or not isinstance(kwargs.get("padding", 0), int)
+            ):
                 raise ValueError(f"parts needs in_features, stride 1 and integer padding: {kwargs}")
             return PerInputConv(
                 features,
@@ -193,6 +207,7 @@ def make_conv(
                 in_features,
                 dtype=dtype,
                 param_dtype=param_dtype,
+                pointwise_as_dot=pointwise_as_dot,
                 **kwargs,
             )
         plain_1x1 = (
@@ -236,7 +251,7 @@ class _UnitBase(nn.Module):
 
     A unit may be called on a sequence of tensors instead of one: the parts
     of its input, which it never concatenates. The first BatchNorm and ReLU
-    then act on each part and the first convolution is one convolution a part,
+    then act on each part and the first convolution is one convolution per part,
     summed (:class:`PerInputConv`; ``per_input_conv``).
     """
 
@@ -257,9 +272,9 @@ class _UnitBase(nn.Module):
         padding = {"padding": kernel_size[0] // 2} if kernel_size != (1, 1) else {}
         h = self.norm(name="bn1")(x, stats=stats)
         if isinstance(h, list):
-            widths = sum(part.shape[-1] for part in h)
+            width = sum(part.shape[-1] for part in h)
             conv = self.conv(
-                features, kernel_size, in_features=widths, parts=True, name="conv1", **padding
+                features, kernel_size, in_features=width, parts=True, name="conv1", **padding
             )
             return conv([nn.relu(part) for part in h])
         h = nn.relu(h)
