@@ -28,7 +28,7 @@ CASES = [
     # its slot ends in zero channels, inside the concatenation of layers 1, 2 and 4.
     ("sparsenet-bc-22-6", {"block_sizes": (2, 4), "growth_rates": (6, 8), "share_stats": True}),
     # summation: slots as wide as x_0, padding is adding zero slots
-    ("sparse-resnet-20", {"block_sizes": (2, 3), "growth_rates": (8, 8)}),
+    pytest.param("sparse-resnet-20", {"block_sizes": (2, 3), "growth_rates": (8, 8)}, marks=SLOW),
     pytest.param("sparsenet-25-6", {"block_sizes": (5, 4), "growth_rates": (6, 6)}, marks=SLOW),
     pytest.param("densenet-13-6", {"block_sizes": (5, 4), "growth_rates": (6, 6)}, marks=SLOW),
     pytest.param("resnet-20", {"block_sizes": (2, 3), "growth_rates": (8, 16)}, marks=SLOW),
@@ -57,6 +57,7 @@ def test_buffer_block_matches_the_unrolled_block_in_float32():
     assert_close_in_float32(plain, plain.clone(block_impl="buffer"), overrides)
 
 
+@SLOW  # an option no backend uses by default
 def test_recomputing_backward_equals_autodiff_of_the_scan(monkeypatch):
     """The custom backward pass (units recomputed from the final buffer, shared statistics)
     equals jax's own derivative of the forward scan, dropout included (one key a step)."""

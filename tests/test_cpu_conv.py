@@ -118,7 +118,8 @@ def test_shifted_stack_offsets() -> None:
     np.testing.assert_array_equal(stack[:, 1:, 1:, 8], g[:, :-1, :-1, 0])  # (i, j) = (2, 2)
 
 
-@pytest.mark.parametrize("impl", ["shift-dw", "auto"])
+# "auto" is the CPU default; "shift-dw" an option, in the slow job.
+@pytest.mark.parametrize("impl", [pytest.param("shift-dw", marks=pytest.mark.slow), "auto"])
 def test_conv_impl_shift_dw_is_the_same_network(impl: str):
     """The model option: same parameters, same logits and gradients as the XLA convolutions."""
     import sparsenet_jax as sj

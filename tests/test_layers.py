@@ -14,6 +14,7 @@ from sparsenet_jax.model.schedule import Schedule, segments
 # (`python -m pytest -m slow`): the default run keeps a sparse, a summing and
 # (where it differs) a dense network for every switch.
 SLOW = pytest.mark.slow
+TWO_SMALL_BLOCKS = {"block_sizes": (5, 4), "growth_rates": (6, 6)}
 
 
 def _float64():
@@ -66,7 +67,7 @@ def _eval_train_grad(model, variables, x):
         pytest.param("sparsenet-bc-46-6", {}, marks=SLOW),
         pytest.param("sparsenet-25-6", {"base": 3}, marks=SLOW),
         pytest.param("resnet-20", {}, marks=SLOW),
-        ("sparse-resnet-20", {}),
+        pytest.param("sparse-resnet-20", {}, marks=SLOW),
         pytest.param("densenet-13-6", {}, marks=SLOW),
     ],
 )
@@ -92,6 +93,7 @@ def test_variants_match_the_plain_block(name, overrides, variant):
     chex.assert_trees_all_close(got[3], ref[3], atol=1e-4, rtol=1e-4)  # gradients
 
 
+@SLOW  # the scanned block is an option no backend uses by default
 def test_scan_with_dropout_runs_and_differs_by_rng():
     model = sj.create_model("sparsenet-25-6", block_impl="scan", dropout_rate=0.3)
     x = jnp.ones((2, 32, 32, 3))
@@ -116,6 +118,7 @@ def test_segments_cover_layers_with_few_runs():
     assert [s.length for s in segments(Schedule("sparse"), 12, True)] == [1, 2, 4, 5]
 
 
+@SLOW
 def test_scan_graph_is_smaller():
     """The scanned forward has O(log n) convolutions in its graph instead of one a layer."""
     x = jnp.ones((1, 32, 32, 3))
@@ -181,9 +184,10 @@ def test_pointwise_as_dot_matches_nn_conv(name, overrides):
     [
         ("sparsenet-25-6", {}),
         pytest.param("sparsenet-bc-46-6", {}, marks=SLOW),
-        ("densenet-13-6", {}),
-        pytest.param("sparsenet-25-6", {"remat": True}, marks=SLOW),
-        pytest.param("sparsenet-25-6", {"dropout_rate": 0.2}, marks=SLOW),
+        pytest.param("densenet-13-6", {}, marks=SLOW),
+        # The switches on two small blocks: the same code paths at a third of the cost.
+        pytest.param("sparsenet-25-6", {**TWO_SMALL_BLOCKS, "remat": True}, marks=SLOW),
+        pytest.param("sparsenet-25-6", {**TWO_SMALL_BLOCKS, "dropout_rate": 0.2}, marks=SLOW),
     ],
 )
 def test_shared_batch_statistics_match_per_reader_statistics(name, overrides):

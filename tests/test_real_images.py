@@ -115,7 +115,8 @@ def test_fine_tune_from_a_workdir_on_another_folder(folders, pretrained, cache_d
     assert checkpoint_steps(chosen) == [3]
 
 
-# One training run: 25 s on a busy machine (load 12).
+# One training run: 25-30 s; the slow job (CI also runs it with the PyTorch tests).
+@pytest.mark.slow
 def test_fine_tune_from_an_official_pth_file(folders, cache_dir, tmp_path):
     """``--init-from weights.pth`` written in the official PyTorch format (10 classes)."""
     torch = pytest.importorskip("torch")

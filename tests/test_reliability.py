@@ -473,6 +473,7 @@ def test_a_missed_epoch_end_evaluation_is_caught_up_on_resume(tmp_path, cache_di
     assert tested == [epoch, epoch + 2]
 
 
+@pytest.mark.slow  # two training runs (51 s); the fast job keeps the NaN-stop tests
 def test_a_diverged_run_is_not_resumed_from_ruin(tmp_path, cache_dir):
     """Issue 18 item 12: the reproduction: --lr 1e6 with frequent saves, then a sane lr."""
     workdir = tmp_path / "run"

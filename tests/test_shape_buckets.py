@@ -16,7 +16,7 @@ import pytest
 
 import sparsenet_jax as sj
 from sparsenet_jax.model.units import PaddedConv, PointwiseConv, pad_channels
-from test_layers import _float64, square_loss
+from test_layers import TWO_SMALL_BLOCKS, _float64, square_loss
 
 SLOW = pytest.mark.slow
 
@@ -40,20 +40,25 @@ def _everything(model, variables, x):
 
 # Two short blocks (a transition between them) on 8×8 images keep the default
 # run's compiles small; the presets' full depth runs in the slow job.
-SMALL = {"block_sizes": (5, 4), "growth_rates": (6, 6)}
+SMALL = TWO_SMALL_BLOCKS
 CASES = [
     ("sparsenet-25-6", SMALL, 16),  # sparse, plain units: widths 12, 18, 24 → 16, 32
-    ("sparsenet-bc-22-6", SMALL, 16),  # sparse-BC: the padded convolution is the 1×1
-    ("densenet-13-6", SMALL, 16),  # dense
+    # An option no backend uses by default: the fast job keeps the case above.
+    pytest.param("sparsenet-bc-22-6", SMALL, 16, marks=SLOW),  # the padded conv is the 1×1
+    pytest.param("densenet-13-6", SMALL, 16, marks=SLOW),  # dense
     # summation: every input has one width already
-    ("sparse-resnet-20", {"block_sizes": (2, 2), "growth_rates": (8, 16)}, 16),
-    ("sparsenet-25-6", {**SMALL, "share_stats": True}, 16),  # the TPU default's statistics
+    pytest.param(
+        "sparse-resnet-20", {"block_sizes": (2, 2), "growth_rates": (8, 16)}, 16, marks=SLOW
+    ),
+    pytest.param("sparsenet-25-6", {**SMALL, "share_stats": True}, 16, marks=SLOW),
+    # Full size (three blocks, 32×32 images) for plain and BC units; the switches
+    # below ride on the small network: the same code paths in a fraction of the time.
     pytest.param("sparsenet-25-6", {}, 16, marks=SLOW),
-    pytest.param("sparsenet-25-6", {}, 128, marks=SLOW),
-    pytest.param("densenet-13-6", {"share_stats": True}, 128, marks=SLOW),
     pytest.param("sparsenet-bc-46-6", {"share_stats": True}, 16, marks=SLOW),
-    pytest.param("sparsenet-25-6", {"remat": True, "share_stats": True}, 16, marks=SLOW),
-    pytest.param("sparsenet-25-6", {"dropout_rate": 0.2}, 16, marks=SLOW),
+    pytest.param("sparsenet-25-6", SMALL, 128, marks=SLOW),
+    pytest.param("densenet-13-6", {**SMALL, "share_stats": True}, 128, marks=SLOW),
+    pytest.param("sparsenet-25-6", {**SMALL, "remat": True, "share_stats": True}, 16, marks=SLOW),
+    pytest.param("sparsenet-25-6", {**SMALL, "dropout_rate": 0.2}, 16, marks=SLOW),
     pytest.param("sparsenet-bc-22-6", {"pointwise_as_dot": False}, 16, marks=SLOW),
     pytest.param("resnet-20", {}, 16, marks=SLOW),
 ]
@@ -92,7 +97,7 @@ def assert_same_network(plain, variant, overrides):
     ("name", "overrides"),
     [
         ("sparsenet-25-6", SMALL),
-        ("sparsenet-bc-22-6", {**SMALL, "share_stats": True}),
+        pytest.param("sparsenet-bc-22-6", {**SMALL, "share_stats": True}, marks=SLOW),
         pytest.param("sparsenet-25-6", {}, marks=SLOW),
         pytest.param("densenet-13-6", {}, marks=SLOW),
     ],
