@@ -10,9 +10,10 @@ import pytest
 import sparsenet_jax as sj
 from sparsenet_jax.model.schedule import Schedule, segments
 
-# The equivalence cases beyond one or two networks each run in the slow job
-# (`python -m pytest -m slow`): the default run keeps a sparse, a summing and
-# (where it differs) a dense network for every switch.
+# The equivalence cases beyond one network each run in the slow job
+# (`python -m pytest -m slow`): the default run keeps a sparse network for every
+# switch (and a dense one for the 1×1 matmuls); the slow job adds the summing,
+# dense and deeper ones.
 SLOW = pytest.mark.slow
 TWO_SMALL_BLOCKS = {"block_sizes": (5, 4), "growth_rates": (6, 6)}
 
@@ -185,7 +186,7 @@ def test_pointwise_as_dot_matches_nn_conv(name, overrides):
         ("sparsenet-25-6", {}),
         pytest.param("sparsenet-bc-46-6", {}, marks=SLOW),
         pytest.param("densenet-13-6", {}, marks=SLOW),
-        # The switches on two small blocks: the same code paths at a third of the cost.
+        # The switches on two small blocks: the same code paths in under half the time.
         pytest.param("sparsenet-25-6", {**TWO_SMALL_BLOCKS, "remat": True}, marks=SLOW),
         pytest.param("sparsenet-25-6", {**TWO_SMALL_BLOCKS, "dropout_rate": 0.2}, marks=SLOW),
     ],

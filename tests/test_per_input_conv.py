@@ -38,7 +38,7 @@ CASES = [
         "sparse-resnet-20", {"block_sizes": (2, 2), "growth_rates": (8, 16)}, marks=SLOW
     ),
     # One full-size network (three blocks, 32×32 images); the switches below ride on
-    # the small one: the code paths are the same, in a tenth of the time.
+    # the small one: the same code paths in under half the time.
     pytest.param("sparsenet-bc-46-6", {"share_stats": True}, marks=SLOW),
     pytest.param("densenet-13-6", {**SMALL, "share_stats": True}, marks=SLOW),
     pytest.param("sparsenet-25-6", {**SMALL, "remat": True, "share_stats": True}, marks=SLOW),
