@@ -16,7 +16,7 @@ import sparsenet_jax as sj
 from sparsenet_jax.model import block as block_module
 from sparsenet_jax.model import buffer_scan
 from sparsenet_jax.model.schedule import Schedule, slot_plan
-from test_layers import _float64, square_loss
+from test_layers import TWO_SMALL_BLOCKS, _float64, square_loss
 from test_shape_buckets import _images, assert_close_in_float32, assert_same_network
 
 SLOW = pytest.mark.slow
@@ -29,12 +29,12 @@ CASES = [
     ("sparsenet-bc-22-6", {"block_sizes": (2, 4), "growth_rates": (6, 8), "share_stats": True}),
     # summation: slots as wide as x_0, padding is adding zero slots
     pytest.param("sparse-resnet-20", {"block_sizes": (2, 3), "growth_rates": (8, 8)}, marks=SLOW),
-    pytest.param("sparsenet-25-6", {"block_sizes": (5, 4), "growth_rates": (6, 6)}, marks=SLOW),
-    pytest.param("densenet-13-6", {"block_sizes": (5, 4), "growth_rates": (6, 6)}, marks=SLOW),
+    pytest.param("sparsenet-25-6", TWO_SMALL_BLOCKS, marks=SLOW),
+    pytest.param("densenet-13-6", TWO_SMALL_BLOCKS, marks=SLOW),
     pytest.param("resnet-20", {"block_sizes": (2, 3), "growth_rates": (8, 16)}, marks=SLOW),
     pytest.param(
         "sparsenet-25-6",
-        {"block_sizes": (5, 4), "growth_rates": (6, 6), "share_stats": True, "remat": True},
+        {**TWO_SMALL_BLOCKS, "share_stats": True, "remat": True},
         marks=SLOW,
     ),
     pytest.param("sparsenet-bc-46-6", {}, marks=SLOW),
