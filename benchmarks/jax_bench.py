@@ -9,9 +9,7 @@ FLOPs and memory come from XLA's analysis of the compiled objects.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,10 +25,15 @@ DEFAULT_DTYPE = "float32"
 
 
 def setup_jax() -> None:
-    """No persistent compilation cache: it would turn compile times into cache reads."""
+    """The trainer's platform setup (on CPU: its malloc settings, which must come before
+    the backend starts); no persistent compilation cache: it would turn compile times
+    into cache reads."""
     import jax
 
+    from sparsenet_jax.training.platforms import setup_platforms
+
     jax.config.update("jax_enable_compilation_cache", False)
+    setup_platforms()
 
 
 def bench_config(
@@ -181,38 +184,21 @@ def compile_steps(
     return train, evaluate, fields
 
 
-CONV_IMPLS = ("xla", "shift", "shift-dw")
+def conv_impl_kwargs(impl: str, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``model_kwargs`` with the model's ``conv_impl`` option set to ``impl``.
 
+    ``"xla"``: XLA's convolutions; ``"shift-dw"``: 3×3 weight gradients as GEMMs;
+    ``"gemm"``: all three products as GEMMs; ``"auto"``: the trainer's CPU default
+    (:data:`sparsenet_jax.model.cpu_conv.CONV_IMPLS`). Same parameters either way.
 
-@contextlib.contextmanager
-def use_conv_impl(impl: str) -> Iterator[None]:
-    """Build the models made inside the ``with`` block with ``impl``'s convolutions.
-
-    ``"xla"``: the model's own (``units.make_conv``: ``nn.Conv``, 1×1 as matmuls).
-    ``"shift"``: :func:`sparsenet_jax.model.cpu_conv.make_shift_conv`, whose 3×3
-    convolutions have a two-GEMM backward pass; ``"shift-dw"``: the same with only
-    the weight gradient a GEMM (the model's ``conv_impl="shift-dw"``); same
-    parameters. ``network.make_conv`` is patched for the block only (a compiled
-    step keeps what it was built with), and put back after it.
+    Raises:
+      ValueError: an impl the model does not have (before anything compiles).
     """
+    from sparsenet_jax.model.cpu_conv import CONV_IMPLS
+
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl {impl!r}: expected one of {', '.join(CONV_IMPLS)}")
-    if not impl.startswith("shift"):
-        yield
-        return
-    from sparsenet_jax.model import cpu_conv, network
-
-    dx = "gemm" if impl == "shift" else "conv"
-    original = network.make_conv
-
-    def make_conv(dtype: Any, param_dtype: Any, pointwise_as_dot: bool = True, *_: Any) -> Any:
-        return cpu_conv.make_shift_conv(dtype, param_dtype, pointwise_as_dot, dx=dx)
-
-    network.make_conv = make_conv
-    try:
-        yield
-    finally:
-        network.make_conv = original
+    return {**(model_kwargs or {}), "conv_impl": impl}
 
 
 def prepare_jax(
@@ -285,8 +271,8 @@ def jax_contender(
     and ``compile_s`` (trace + lower + compile of the train step, then the eval
     step's), after ``warmup`` calls of each step.
     """
-    with use_conv_impl(conv_impl):
-        result, train_once, eval_once = prepare_jax(name, batch, model_kwargs, seed)
+    kwargs = conv_impl_kwargs(conv_impl, model_kwargs)
+    result, train_once, eval_once = prepare_jax(name, batch, kwargs, seed)
     for _ in range(warmup):
         train_once()
         eval_once()

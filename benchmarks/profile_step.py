@@ -1,7 +1,7 @@
 """Where our XLA:CPU train step spends its time: one traced step, its ops grouped by kind.
 
     python benchmarks/profile_step.py sparsenet-40-24 --conv-impl xla --json out.json
-    python benchmarks/profile_step.py sparsenet-40-24 --conv-impl shift-dw
+    python benchmarks/profile_step.py sparsenet-40-24 --conv-impl gemm
 
 Builds the trainer's step (``build_run`` on the cifar10 recipe, as the other
 benchmarks), compiles it, runs it twice, then traces one step with
@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jax_bench import bench_config, compile_train, fake_batch, setup_jax, use_conv_impl
+from jax_bench import bench_config, compile_train, conv_impl_kwargs, fake_batch, setup_jax
 from machine import log, machine_info, versions
 from timing import load_average
 
@@ -110,11 +110,10 @@ def profile(preset: str, batch: int, conv_impl: str) -> dict[str, Any]:
     from sparsenet_jax.training.build import build_run
 
     setup_jax()
-    with use_conv_impl(conv_impl):
-        run = build_run(bench_config(preset, batch))
-        holder = {"state": run.init_state()}
-        data = fake_batch(run, train=True)
-        compiled, fields = compile_train(run, holder["state"], data)
+    run = build_run(bench_config(preset, batch, conv_impl_kwargs(conv_impl)))
+    holder = {"state": run.init_state()}
+    data = fake_batch(run, train=True)
+    compiled, fields = compile_train(run, holder["state"], data)
     kinds = hlo_kinds(compiled.as_text())
 
     def step() -> None:
@@ -151,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("preset")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--conv-impl", default="xla", help="xla, shift or shift-dw")
+    parser.add_argument("--conv-impl", default="auto", help="xla, shift-dw, gemm or auto")
     parser.add_argument("--json", type=pathlib.Path, help="also write the result here")
     args = parser.parse_args(argv)
     log(f"profiling {args.preset} ({args.conv_impl}), load average {load_average():.2f}")

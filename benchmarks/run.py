@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python benchmarks/run.py --quick      # a few minutes: 2 presets, short sweep
     python benchmarks/run.py              # the full suite (see benchmarks/RESULTS.md)
     python benchmarks/run.py --presets sparsenet-40-24 --model-kwargs '{"dtype": "bfloat16"}'
-    python benchmarks/run.py --side-by-side --presets sparsenet-40-24 --conv-impls xla shift
+    python benchmarks/run.py --side-by-side --presets sparsenet-40-24 --conv-impls xla auto
 
 ``--side-by-side`` is the comparison for a busy machine: ours (one contender
 per ``--conv-impls``) and the peer eager and under ``torch.compile`` (default
@@ -46,7 +46,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jax_bench import (
-    CONV_IMPLS,
     DEFAULT_DTYPE,
     bench_config,
     bench_jax,
@@ -65,6 +64,7 @@ from machine import (
     wait_for_idle,
 )
 from report import to_markdown
+from sparsenet_jax.model.cpu_conv import CONV_IMPLS
 from timing import Contender, Repeats, in_process, interleave, load_average, ratios, run_isolated
 from torch_bench import TORCH_MODES, bench_torch, torch_contender
 
@@ -132,10 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--conv-impls",
         nargs="*",
-        default=["xla"],
+        default=["auto"],
         choices=CONV_IMPLS,
-        help="side by side: our contenders (xla: the model's convolutions; shift: "
-        "cpu_conv's GEMM backward pass)",
+        help="side by side: our contenders, the model's conv_impl options (xla: XLA's "
+        "convolutions; shift-dw: GEMM weight gradients; gemm: all GEMMs; auto: the CPU "
+        "default)",
     )
     p.add_argument(
         "--torch-modes",
@@ -293,7 +294,7 @@ def write_results(results: dict[str, Any], args: argparse.Namespace) -> pathlib.
 
 
 def contender_label(framework: str, kind: str) -> str:
-    """``jax (xla conv)``, ``jax (shift conv)``, ``torch eager``, ``torch.compile``."""
+    """``jax (xla conv)``, ``jax (auto conv)``, ``torch eager``, ``torch.compile``."""
     if framework == "jax":
         return f"jax ({kind} conv)"
     return "torch eager" if kind == "eager" else "torch.compile"

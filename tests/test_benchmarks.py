@@ -298,14 +298,14 @@ def test_side_by_side_interleaves_our_conv_impls(tmp_path) -> None:
     processes, interleaved rounds, the files; the shift conv changes no parameter."""
     run = _load("run")
     argv = ["--side-by-side", "--presets", "sparsenet-13-6", "--batch", "8", "--rounds", "2"]
-    argv += ["--steps", "1", "--warmup", "1", "--conv-impls", "xla", "shift", "--torch-modes"]
+    argv += ["--steps", "1", "--warmup", "1", "--conv-impls", "xla", "gemm", "--torch-modes"]
     results = run.main([*argv, "--out-dir", str(tmp_path), "--stem", "peers"])
     (entry,) = results["side_by_side"]
-    labels = ["jax (xla conv)", "jax (shift conv)"]
+    labels = ["jax (xla conv)", "jax (gemm conv)"]
     assert list(entry["contenders"]) == labels
-    xla, shift = (entry["contenders"][label] for label in labels)
-    assert xla["params"] == shift["params"] == _jax_param_count(sj.create_model("sparsenet-13-6"))
-    assert shift["conv_impl"] == "shift" and xla["train_compile_total_s"] > 0
+    xla, gemm = (entry["contenders"][label] for label in labels)
+    assert xla["params"] == gemm["params"] == _jax_param_count(sj.create_model("sparsenet-13-6"))
+    assert gemm["conv_impl"] == "gemm" and xla["train_compile_total_s"] > 0
     for kind in ("train", "eval"):
         for label in labels:
             assert len(entry["times"][kind][label]["seconds"]) == 2
@@ -315,7 +315,7 @@ def test_side_by_side_interleaves_our_conv_impls(tmp_path) -> None:
     table = (tmp_path / "peers.md").read_text()
     assert table == _load("report").to_markdown(results)
     assert "## sparsenet-13-6: train step, side by side" in table
-    assert "| jax (shift conv) |" in table
+    assert "| jax (gemm conv) |" in table
 
 
 def test_side_by_side_summary_is_the_median_per_round_ratio() -> None:
@@ -331,14 +331,18 @@ def test_side_by_side_summary_is_the_median_per_round_ratio() -> None:
     assert summary["a"]["vs"]["b"] == 1.0  # per round 2, 1, 0.5: median 1
     assert summary["b"]["vs"]["a"] == 1.0
     assert summary["a"]["max_background_cores"] == 1 and summary["a"]["loadavg_range"] == [2, 4]
-    assert run.contender_label("jax", "shift") == "jax (shift conv)"
+    assert run.contender_label("jax", "gemm") == "jax (gemm conv)"
     assert run.contender_label("torch", "compile") == "torch.compile"
 
 
-def test_use_conv_impl_rejects_an_unknown_impl() -> None:
-    with pytest.raises(ValueError, match="expected one of xla, shift"):
-        with _load("jax_bench").use_conv_impl("winograd"):
-            pass
+def test_conv_impl_kwargs_sets_the_models_option() -> None:
+    jax_bench = _load("jax_bench")
+    assert jax_bench.conv_impl_kwargs("gemm", {"dtype": "bfloat16"}) == {
+        "dtype": "bfloat16",
+        "conv_impl": "gemm",
+    }
+    with pytest.raises(ValueError, match="expected one of xla, shift-dw, gemm, auto"):
+        jax_bench.conv_impl_kwargs("winograd")
 
 
 def test_peer_torch_compile_wiring() -> None:
@@ -382,7 +386,7 @@ def test_interleave_takes_turns_and_stops_at_the_deadline() -> None:
 def test_profile_step_groups_the_ops_of_a_traced_step() -> None:
     """``profile_step.py`` on a tiny preset: the trace's ops are matched with the HLO."""
     profile_step = _load("profile_step")
-    out = profile_step.profile("sparsenet-13-6", 8, "shift-dw")
+    out = profile_step.profile("sparsenet-13-6", 8, "shift-dw")  # forward: XLA's conv
     assert out["threads"] >= 1 and 0 < out["busy_share"] <= 1.5
     groups = out["groups"]
     assert "dot" in groups  # the GEMM weight gradients of shift-dw

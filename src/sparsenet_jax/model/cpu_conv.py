@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 DX_IMPLS = ("gemm", "conv")
+FORWARD_IMPLS = ("conv", "gemm")
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -54,6 +55,36 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 def _forward(x: jax.Array, w: jax.Array) -> jax.Array:
     pad = w.shape[0] // 2
     return jax.lax.conv_general_dilated(x, w, (1, 1), [(pad, pad)] * 2, dimension_numbers=_DIMS)
+
+
+def _shifted(t: jax.Array, di: int, dj: int) -> jax.Array:
+    """``t`` (N, H, W, C) read at (h + di, w + dj), zero outside the image."""
+    zero = jnp.zeros((), t.dtype)
+    return jax.lax.pad(t, zero, ((0, 0, 0), (-di, di, 0), (-dj, dj, 0), (0, 0, 0)))
+
+
+def _forward_gemm(x: jax.Array, w: jax.Array) -> jax.Array:
+    """The same convolution as :func:`_forward`, as one GEMM and a shifted sum.
+
+    ``taps = x w_all``, (N·H·W, I) × (I, k·k·O), holds every kernel offset's
+    contribution at once; the output sums each offset's slice shifted into
+    place. The GEMM is k·k·O wide, where XLA:CPU's direct convolution works on
+    O = the growth rate (24) at a time: 1.2–1.8× faster on the 2-core machine
+    for the 3×3 shapes of sparsenet-40-24 (``benchmarks/results/cpu-gemm-conv-2026-12-06.md``).
+    Products accumulate in float32 at least (bfloat16 inputs too).
+    """
+    n, h, wd, cin = x.shape
+    k, cout = w.shape[0], w.shape[-1]
+    p = k // 2
+    w_all = w.transpose(2, 0, 1, 3).reshape(cin, k * k * cout)  # column (i, j, o)
+    accumulate = jnp.promote_types(x.dtype, jnp.float32)
+    taps = jax.lax.dot_general(
+        x.reshape(-1, cin), w_all, (((1,), (0,)), ((), ())), preferred_element_type=accumulate
+    ).reshape(n, h, wd, k * k, cout)
+    out = sum(
+        _shifted(taps[:, :, :, i * k + j, :], i - p, j - p) for i in range(k) for j in range(k)
+    )
+    return out.astype(x.dtype)  # type: ignore[union-attr]
 
 
 def shifted_stack(g: jax.Array, kernel: int) -> jax.Array:
@@ -81,10 +112,6 @@ def _weight_grad(x: jax.Array, stack: jax.Array, k: int, cout: int) -> jax.Array
     return dw.reshape(x.shape[-1], k, k, cout).transpose(1, 2, 0, 3)
 
 
-def _fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _forward(x, w), (x, w)
-
-
 def _bwd_gemm(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, w = res
     k, _, cin, cout = w.shape
@@ -104,20 +131,45 @@ def _bwd_dw(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, 
     return dx, _weight_grad(x, stack, k, cout).astype(w.dtype)
 
 
-@jax.custom_vjp
-def shift_conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``lax`` 'same' convolution (NHWC × HWIO, stride 1, padding k // 2); both gradients GEMMs."""
-    return _forward(x, w)
+def _with_backward(
+    forward: Callable[[jax.Array, jax.Array], jax.Array],
+    backward: Callable[[tuple[jax.Array, jax.Array], jax.Array], tuple[jax.Array, jax.Array]],
+    doc: str,
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``forward`` (x, w) → y as a :func:`jax.custom_vjp` whose backward pass is ``backward``."""
+    conv = jax.custom_vjp(forward)
+    conv.defvjp(lambda x, w: (forward(x, w), (x, w)), backward)
+    conv.__doc__ = doc
+    return conv
 
 
-@jax.custom_vjp
-def shift_conv_dw(x: jax.Array, w: jax.Array) -> jax.Array:
-    """As :func:`shift_conv`, but only the weight gradient is a GEMM (dx: XLA's convolution)."""
-    return _forward(x, w)
-
-
-shift_conv.defvjp(_fwd, _bwd_gemm)
-shift_conv_dw.defvjp(_fwd, _bwd_dw)
+shift_conv = _with_backward(
+    _forward,
+    _bwd_gemm,
+    "``lax`` 'same' convolution (NHWC × HWIO, stride 1, padding k // 2); both gradients GEMMs.",
+)
+shift_conv_dw = _with_backward(
+    _forward,
+    _bwd_dw,
+    "As :func:`shift_conv`, but only the weight gradient is a GEMM (dx: XLA's convolution).",
+)
+gemm_conv = _with_backward(
+    _forward_gemm,
+    _bwd_gemm,
+    "As :func:`shift_conv`, with the forward pass a GEMM too (:func:`_forward_gemm`).",
+)
+gemm_conv_dw = _with_backward(
+    _forward_gemm,
+    _bwd_dw,
+    "As :func:`shift_conv_dw`, with the forward pass a GEMM (:func:`_forward_gemm`).",
+)
+# (forward, dx) → the convolution: every combination of the two choices.
+_CONVS = {
+    ("conv", "gemm"): shift_conv,
+    ("conv", "conv"): shift_conv_dw,
+    ("gemm", "gemm"): gemm_conv,
+    ("gemm", "conv"): gemm_conv_dw,
+}
 
 
 def supports(kernel_size: Sequence[int], strides: Any = 1, padding: Any = 0) -> bool:
@@ -142,6 +194,7 @@ class ShiftConv(nn.Module):
     features: int
     kernel_size: Sequence[int] = (3, 3)
     dx: str = "gemm"  # the input gradient: "gemm" (shift_conv) or "conv" (shift_conv_dw)
+    forward: str = "conv"  # "conv": XLA's convolution; "gemm": one GEMM and a shifted sum
     kernel_init: Callable[..., Any] = conv_init
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -159,18 +212,26 @@ class ShiftConv(nn.Module):
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         if self.dx not in DX_IMPLS:
             raise ValueError(f"ShiftConv dx {self.dx!r}: expected one of {', '.join(DX_IMPLS)}")
+        if self.forward not in FORWARD_IMPLS:
+            raise ValueError(
+                f"ShiftConv forward {self.forward!r}: expected one of {', '.join(FORWARD_IMPLS)}"
+            )
         if x.shape[-1] < self.min_in_per_out * self.features:
             return _forward(x, kernel)  # XLA's own gradients
-        return (shift_conv if self.dx == "gemm" else shift_conv_dw)(x, kernel)
+        return _CONVS[self.forward, self.dx](x, kernel)
 
 
-# The model's conv_impl choices: XLA's convolutions; 3×3 weight gradients as one GEMM
-# over the shifted output gradient ("shift-dw": 1.37× faster sparsenet-40-24 train steps
-# on a quiet 2-core XLA:CPU, benchmarks/results/cpu-peers-2026-11-28-quiet.md, but
-# 1.16× slower resnet-56 ones); or "auto", the GEMM only where the input has at least
-# AUTO_MIN_IN_PER_OUT channels per output channel (the CPU default). Not measured on
-# GPU or TPU.
-CONV_IMPLS = ("xla", "shift-dw", "auto")
+# The model's conv_impl choices: XLA's convolutions ("xla"); 3×3 weight gradients as one
+# GEMM over the shifted output gradient ("shift-dw": 1.37× faster sparsenet-40-24 train
+# steps on a quiet 2-core XLA:CPU, benchmarks/results/cpu-peers-2026-11-28-quiet.md, but
+# 1.16× slower resnet-56 ones); all three products as GEMMs ("gemm": the forward pass
+# too, and the input gradient reusing the weight gradient's shifted stack); or "auto",
+# "gemm" only where the input has at least AUTO_MIN_IN_PER_OUT channels per output
+# channel (the CPU default; benchmarks/results/cpu-gemm-conv-2026-12-06.md). Not
+# measured on GPU or TPU.
+CONV_IMPLS = ("xla", "shift-dw", "gemm", "auto")
+# conv_impl → (forward, dx) of its ShiftConv.
+CONV_IMPL_PARTS = {"shift-dw": ("conv", "conv"), "gemm": ("gemm", "gemm"), "auto": ("gemm", "gemm")}
 AUTO_MIN_IN_PER_OUT = 2
 
 
@@ -180,8 +241,9 @@ def make_shift_conv(
     pointwise_as_dot: bool = True,
     dx: str = "gemm",
     min_in_per_out: int = 0,
+    forward: str = "conv",
 ) -> Callable[..., nn.Module]:
-    """``units.make_conv`` with :class:`ShiftConv` (``dx``, ``min_in_per_out``) for every
+    """``units.make_conv`` with :class:`ShiftConv` (``dx``, ``forward``, ``min_in_per_out``) for every
     convolution it supports.
 
     1×1 stride-1 convolutions stay :class:`~sparsenet_jax.model.units.PointwiseConv`
@@ -209,6 +271,7 @@ def make_shift_conv(
                 dx,
                 dtype=dtype,
                 param_dtype=param_dtype,
+                forward=forward,
                 min_in_per_out=min_in_per_out,
                 name=name,
             )

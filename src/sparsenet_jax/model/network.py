@@ -36,7 +36,7 @@ from sparsenet_jax.model.block import (
     make_norm,
 )
 from sparsenet_jax.model.checks import STEM_KINDS, StemKind, validate_module
-from sparsenet_jax.model.cpu_conv import AUTO_MIN_IN_PER_OUT, make_shift_conv
+from sparsenet_jax.model.cpu_conv import AUTO_MIN_IN_PER_OUT, CONV_IMPL_PARTS, make_shift_conv
 from sparsenet_jax.model.schedule import Schedule
 
 __all__ = ["STEM_KINDS", "SparseNet", "StemKind", "init_variables", "validate_module"]
@@ -92,11 +92,13 @@ class SparseNet(nn.Module):
         cycles (+51% for densenet-121), and an XLA:CPU step takes 1.7–1.9× as
         long, so no backend uses it by default (``benchmarks/results/tpu-compile-notes.md`` §10).
       conv_impl: ``"xla"``; ``"shift-dw"``: 3×3 weight gradients as one GEMM
-        over the shifted output gradient (same function and parameters; a 1.37×
-        faster sparsenet-40-24 train step on XLA:CPU, but a slower resnet-56 one);
-        or ``"auto"``: the GEMM only for convolutions whose input is at least twice
-        as wide as their output (the trainer's CPU default). Not measured on GPU
-        or TPU.
+        over the shifted output gradient; ``"gemm"``: the forward pass and the
+        input gradient as GEMMs too (same function and parameters; on XLA:CPU a
+        sparsenet-40-24 train step 1.37× faster with ``"shift-dw"`` than with
+        XLA's convolutions, and 1.30× faster again with ``"gemm"``, but resnet-56's
+        slower); or ``"auto"``: ``"gemm"`` only for convolutions whose input is at
+        least twice as wide as their output (the trainer's CPU default). Not
+        measured on GPU or TPU.
     """
 
     block_sizes: Sequence[int]
@@ -203,10 +205,11 @@ class SparseNet(nn.Module):
         self, x: jax.Array, train: bool, output: Literal["logits", "features", "maps"]
     ) -> jax.Array | list[jax.Array]:
         self._check_input(x)
-        if self.conv_impl in ("shift-dw", "auto"):
+        if self.conv_impl in CONV_IMPL_PARTS:
+            forward, dx = CONV_IMPL_PARTS[self.conv_impl]
             ratio = AUTO_MIN_IN_PER_OUT if self.conv_impl == "auto" else 0
             conv = make_shift_conv(
-                self.dtype, self.param_dtype, self.pointwise_as_dot, "conv", ratio
+                self.dtype, self.param_dtype, self.pointwise_as_dot, dx, ratio, forward
             )
         else:
             conv = make_conv(self.dtype, self.param_dtype, self.pointwise_as_dot)

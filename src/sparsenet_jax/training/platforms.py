@@ -17,6 +17,7 @@ import jax
 from jax._src import hardware_utils
 
 from sparsenet_jax.training.errors import TrainingError
+from sparsenet_jax.training.host_memory import reuse_host_memory
 
 
 def _no_accelerator() -> bool:
@@ -54,6 +55,9 @@ def setup_platforms() -> None:
       prints ``unexpected worker hostname`` lines at every start.
     * ``JAX_PLATFORMS=tpu|cuda|bogus`` with no such device: one line, in place
       of JAX's 30–50-line traceback (``cuda``: a bare ``AssertionError``).
+    * On CPU alone, glibc's malloc keeps the step's buffers mapped between
+      steps (:mod:`~sparsenet_jax.training.host_memory`): set before the backend
+      starts, or its threads have their own arenas.
 
     Raises:
       TrainingError: the platforms asked for cannot start here.
@@ -61,6 +65,8 @@ def setup_platforms() -> None:
     asked = jax.config.jax_platforms  # type: ignore[attr-defined]
     if not asked and _no_accelerator():
         jax.config.update("jax_platforms", "cpu")
+    if jax.config.jax_platforms == "cpu":  # type: ignore[attr-defined]
+        reuse_host_memory()
     try:
         with quiet_stderr() if asked and _no_accelerator() else contextlib.nullcontext():
             jax.devices()
