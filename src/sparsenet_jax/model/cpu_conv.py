@@ -1,4 +1,5 @@
-"""A k×k 'same' convolution whose backward pass is two GEMMs over a shifted output gradient.
+"""A k×k 'same' convolution computed as GEMMs: its backward pass over a shifted output
+gradient, and optionally its forward pass.
 
 XLA:CPU computes the weight gradient of a small 3×3 convolution through a
 generic convolution kernel that reaches 2–16 GFLOP/s on the 2-core
@@ -16,6 +17,11 @@ forward pass (``lax.conv_general_dilated``) and the same parameters, but a
 * ``dx = G w'``: one GEMM, (N·H·W, k·k·O) × (k·k·O, I), reusing ``G``
   (:func:`shift_conv`); or XLA's own transposed convolution
   (:func:`shift_conv_dw`, which changes only the weight gradient).
+
+:func:`gemm_conv` (and :func:`gemm_conv_dw`) compute the forward pass as a GEMM
+too: ``x w_all``, (N·H·W, I) × (I, k·k·O), gives every kernel offset's
+contribution at once, and the offsets are summed, each shifted into place
+(:func:`_forward_gemm`).
 
 Only stride 1 with padding k // 2 on both sides (odd k) is supported; that is
 every 3×3 convolution of the CIFAR networks. :class:`ShiftConv` is the Flax
@@ -37,8 +43,13 @@ import jax.numpy as jnp
 from sparsenet_jax.model.units import PointwiseConv, conv_init, make_conv
 
 __all__ = [
+    "CONV_IMPLS",
+    "CONV_IMPL_PARTS",
     "DX_IMPLS",
+    "FORWARD_IMPLS",
     "ShiftConv",
+    "gemm_conv",
+    "gemm_conv_dw",
     "make_shift_conv",
     "shift_conv",
     "shift_conv_dw",
@@ -69,7 +80,7 @@ def _forward_gemm(x: jax.Array, w: jax.Array) -> jax.Array:
     ``taps = x w_all``, (N·H·W, I) × (I, k·k·O), holds every kernel offset's
     contribution at once; the output sums each offset's slice shifted into
     place. The GEMM is k·k·O wide, where XLA:CPU's direct convolution works on
-    O = the growth rate (24) at a time: 1.2–1.8× faster on the 2-core machine
+    O = the growth rate (24) at a time: 1.1–1.8× faster on the 2-core machine
     for the 3×3 shapes of sparsenet-40-24 (``benchmarks/results/cpu-gemm-conv-2026-12-06.md``).
     Products accumulate in float32 at least (bfloat16 inputs too).
     """
@@ -185,10 +196,11 @@ def supports(kernel_size: Sequence[int], strides: Any = 1, padding: Any = 0) -> 
 
 
 class ShiftConv(nn.Module):
-    """``nn.Conv(features, (k, k), padding=k // 2, use_bias=False)`` with the GEMM backward pass.
+    """``nn.Conv(features, (k, k), padding=k // 2, use_bias=False)`` with the GEMM backward pass
+    (and, with ``forward="gemm"``, the GEMM forward pass).
 
-    Same parameter (``kernel``, shape (k, k, in, out)), initialiser and result;
-    only the gradient's HLO differs (see the module docstring).
+    Same parameter (``kernel``, shape (k, k, in, out)), initialiser and result up
+    to rounding; only the HLO differs (see the module docstring).
     """
 
     features: int
