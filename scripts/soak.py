@@ -10,7 +10,10 @@ preemption path: save, exit 143). Every cycle must resume from the step the
 previous one saved, and reach its own. While a cycle trains, the script
 samples the training process's resident memory (``VmRSS``), open file
 descriptors (``/proc/PID/fd``) and threads, and reads the step it is at from
-``metrics.jsonl``.
+``metrics.jsonl``. The trainer runs with glibc's default malloc behaviour
+(``MALLOC_TRIM_THRESHOLD_`` at its default value, which makes the trainer's
+CPU setting stand down): that setting keeps freed memory, so the resident size
+would hold every peak and hide a leak among them.
 
 Leak check, per cycle, after warm-up (compilation, the first checkpoint and
 the first evaluation): the median of the last third of the samples may exceed
@@ -279,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
             "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
             # Compile once: later cycles load the programs from this cache.
             "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+            # glibc's own trim threshold (128 KiB), set explicitly: the trainer then
+            # leaves malloc as it is (training/host_memory.py). Its CPU setting keeps
+            # freed memory in the heap, so the resident size holds each peak (the
+            # compile, an evaluation, a save) and a leak could not be told from one.
+            "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_", "131072"),
         }
         cycles: list[Cycle] = []
         step = 0
