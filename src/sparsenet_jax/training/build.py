@@ -45,12 +45,14 @@ def backend_defaults(platform: str, chosen: dict[str, Any] | None = None) -> dic
     moves a reference SGD-step test past its bound. Same parameters either way.
 
     On CPU a 3×3 convolution whose input is at least twice as wide as its output
-    takes its weight gradient as one GEMM over the shifted output gradient
-    (``conv_impl="auto"``): XLA:CPU's own weight-gradient convolution is its slowest
-    kernel. On a quiet 2-core machine the GEMM made the sparsenet-40-24 train step
-    1.37× faster but resnet-56's 1.16× slower, whose convolutions are as wide in as
-    out (``benchmarks/results/cpu-peers-2026-11-28-quiet.md`` and
-    ``cpu-conv-impl-2026-11-28.md``).
+    is computed as GEMMs over shifted copies (``conv_impl="auto"``): XLA:CPU's own
+    weight-gradient convolution is its slowest kernel, and its forward convolution
+    works on the narrow output a few channels at a time. On a quiet 2-core machine
+    the GEMM weight gradient made the sparsenet-40-24 train step 1.37× faster but
+    resnet-56's 1.16× slower, whose convolutions are as wide in as out
+    (``benchmarks/results/cpu-peers-2026-11-28-quiet.md`` and
+    ``cpu-conv-impl-2026-11-28.md``); the GEMM forward pass and input gradient then
+    made it 1.30× faster again (``cpu-gemm-conv-2026-12-06.md``).
     Not where the user asked for ``channel_bucket``, which needs XLA's convolution.
     """
     chosen = chosen or {}
