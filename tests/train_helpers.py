@@ -31,6 +31,8 @@ TINY_ARGS = [
 
 def cli_env(cache_dir: pathlib.Path | None = None, **extra: str) -> dict[str, str]:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
+    if "XLA_FLAGS" in extra:  # add to the suite's flags (conftest.py), do not replace them
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()
     if cache_dir is not None:  # identical programs compile once across subprocesses
         env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
     return env
