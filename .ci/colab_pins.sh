@@ -51,10 +51,8 @@ pip freeze | grep -iE '^(jax|jaxlib|flax|optax|chex|orbax-checkpoint|tensorflow-
 # Both test steps run even if the first fails, so one CI run reports both;
 # the job fails if either did. Arguments to this script go to the fast suite.
 failed=0
-# At XLA:CPU's default optimisation: the main job's suites compile at -O0 for speed
-# (tests/conftest.py), so this run keeps the default level tested.
-echo "== Colab pins: fast tests (SPARSENET_TESTS_XLA_OPT=default python -m pytest -n 2)"
-SPARSENET_TESTS_XLA_OPT=default python -m pytest -n 2 --durations=10 "$@" || failed=1
+echo "== Colab pins: fast tests (python -m pytest -n 2)"
+python -m pytest -n 2 --durations=10 "$@" || failed=1
 took "fast tests"
 
 # Quick mode with one seed, as a Colab user first runs it; the main job runs the

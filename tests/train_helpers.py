@@ -29,10 +29,23 @@ TINY_ARGS = [
 ]
 
 
-def cli_env(cache_dir: pathlib.Path | None = None, **extra: str) -> dict[str, str]:
+# The suite compiles at LLVM's -O0 (set by conftest.py; see there why).
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+
+
+def cli_env(
+    cache_dir: pathlib.Path | None = None, optimised: bool = False, **extra: str
+) -> dict[str, str]:
+    """The environment of a CLI subprocess: CPU, the suite's XLA flags plus ``extra``'s.
+
+    ``optimised``: compile at XLA's default optimisation, for a run whose steps, not its
+    compiles, take the time (a learning test: -O0 code trains several times slower).
+    """
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
-    if "XLA_FLAGS" in extra:  # add to the suite's flags (conftest.py), do not replace them
-        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {extra.get('XLA_FLAGS', '')}".split()
+    if optimised:
+        flags = [f for f in flags if f != FAST_COMPILE_FLAG]
+    env["XLA_FLAGS"] = " ".join(flags)
     if cache_dir is not None:  # identical programs compile once across subprocesses
         env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
     return env
