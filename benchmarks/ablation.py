@@ -3,10 +3,13 @@
     python benchmarks/ablation.py sparsenet-bc-100-24 '{"pointwise_as_dot": false}' '{}'
     python benchmarks/ablation.py sparsenet-40-24 '{}' '{"remat": true}' --rounds 5
     python benchmarks/ablation.py --memory-only sparsenet-40-24 '{}' --vs densenet-40-24
+    python benchmarks/ablation.py sparsenet-40-24 '{}' \
+        '{"xla_options": {"xla_cpu_opt_preset": "CPU_OPT_PRESET_FAST_RUNTIME"}}'
 
 Each variant is the trainer's run (``build_run`` on the cifar10 recipe, as
 ``jax_bench.bench_config`` makes it) with ``model_kwargs`` set to the
-variant's JSON; the first is the baseline. All train steps are compiled
+variant's JSON (its ``"xla_options"`` entry, if any, is not a model keyword but XLA
+options for that variant's compile); the first is the baseline. All train steps are compiled
 first (XLA memory analysis and FLOPs are read then), and then timed
 round-robin, one step of each per round, so that a machine whose speed
 drifts (other tenants, clocks) slows every variant alike; the ratio to the
@@ -36,10 +39,11 @@ def compile_variant(preset: str, kwargs: dict[str, Any], batch: int) -> dict[str
 
     from sparsenet_jax.training.build import build_run
 
-    run = build_run(bench_config(preset, batch, kwargs))
+    model_kwargs = {k: v for k, v in kwargs.items() if k != "xla_options"}
+    run = build_run(bench_config(preset, batch, model_kwargs))
     holder = {"state": run.init_state()}  # the step donates the state: keep the newest
     data = fake_batch(run, train=True)
-    train, fields = compile_train(run, holder["state"], data)
+    train, fields = compile_train(run, holder["state"], data, kwargs.get("xla_options"))
 
     def step() -> float:
         begin = time.perf_counter()

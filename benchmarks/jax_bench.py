@@ -144,8 +144,13 @@ def matmul_peak(
     }
 
 
-def compile_train(run: Any, state: Any, data: Any) -> tuple[Any, dict[str, Any]]:
+def compile_train(
+    run: Any, state: Any, data: Any, compiler_options: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
     """Lower and compile ``run``'s train step for these inputs (real or abstract).
+
+    ``compiler_options``: XLA options for this compile only (``DebugOptions`` fields,
+    e.g. ``{"xla_cpu_opt_preset": "CPU_OPT_PRESET_FAST_RUNTIME"}``).
 
     Returns:
       (the compiled step, its fields: ``train_lower_s``, ``train_compile_s``, the
@@ -155,7 +160,7 @@ def compile_train(run: Any, state: Any, data: Any) -> tuple[Any, dict[str, Any]]
     with BusyMeter() as lowering:
         lowered = run.train_step.lower(state, data)
     with BusyMeter() as compiling:
-        compiled = lowered.compile()
+        compiled = lowered.compile(compiler_options=compiler_options or None)
     fields: dict[str, Any] = {
         "train_lower_s": lowering.seconds,
         "train_compile_s": compiling.seconds,

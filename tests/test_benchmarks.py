@@ -276,12 +276,15 @@ def test_conv_kernels_measures_every_product(tmp_path, with_torch: bool) -> None
 def test_ablation_times_variants_round_robin(tmp_path) -> None:
     ablation = _load("ablation")
     out = tmp_path / "ablation.json"
-    variants = ["sparsenet-13-6", "{}", '{"pointwise_as_dot": false}', "--vs", "densenet-13-6"]
+    preset = '{"xla_options": {"xla_cpu_opt_preset": "CPU_OPT_PRESET_FAST_RUNTIME"}}'
+    variants = ["sparsenet-13-6", "{}", '{"pointwise_as_dot": false}', preset]
+    variants += ["--vs", "densenet-13-6"]
     result = ablation.main([*variants, "--batch", "2", "--rounds", "2", "--json", str(out)])
     rows = result["rows"]
     assert [(r["preset"], r["kwargs"]) for r in rows] == [
         ("sparsenet-13-6", {}),
         ("sparsenet-13-6", {"pointwise_as_dot": False}),
+        ("sparsenet-13-6", json.loads(preset)),
         ("densenet-13-6", {}),
     ]
     assert json.loads(out.read_text())["rows"] == rows
@@ -289,7 +292,10 @@ def test_ablation_times_variants_round_robin(tmp_path) -> None:
     for row in rows:
         assert row["step_s"] > 0 and row["temp_mib"] > 0 and row["train_flops"] > 0
     # A dense block holds more activations than a sparse one of the same depth.
-    assert rows[2]["temp_mib"] > rows[0]["temp_mib"]
+    assert rows[3]["temp_mib"] > rows[0]["temp_mib"]
+    # The XLA options reach the compiler: one it does not know is refused.
+    with pytest.raises(Exception, match="xla_no_such_option"):
+        ablation.compile_variant("sparsenet-13-6", {"xla_options": {"xla_no_such_option": 1}}, 2)
 
 
 @pytest.mark.slow  # about 20 s: the default run stays near 10 minutes
