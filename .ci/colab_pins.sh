@@ -51,8 +51,12 @@ pip freeze | grep -iE '^(jax|jaxlib|flax|optax|chex|orbax-checkpoint|tensorflow-
 # Both test steps run even if the first fails, so one CI run reports both;
 # the job fails if either did. Arguments to this script go to the fast suite.
 failed=0
-echo "== Colab pins: fast tests (python -m pytest -n 2)"
-python -m pytest -n 2 --durations=10 "$@" || failed=1
+# At XLA:CPU's default optimisation level. The main job's suites compile at -O0
+# (tests/conftest.py); under jax 0.7.2 at -O0 the float32 rounding noise of one
+# reference test (tests/test_steps.py, a BatchNorm bias after one SGD step) grew past
+# its 2% bound (4.6%), so this job keeps the default level, where that bound holds.
+echo "== Colab pins: fast tests (SPARSENET_TESTS_XLA_OPT=default python -m pytest -n 2)"
+SPARSENET_TESTS_XLA_OPT=default python -m pytest -n 2 --durations=10 "$@" || failed=1
 took "fast tests"
 
 # Quick mode with one seed, as a Colab user first runs it; the main job runs the
