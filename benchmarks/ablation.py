@@ -9,8 +9,8 @@
 Each variant is the trainer's run (``build_run`` on the cifar10 recipe, as
 ``jax_bench.bench_config`` makes it) with ``model_kwargs`` set to the
 variant's JSON (its ``"xla_options"`` entry, if any, is not a model keyword but XLA
-options for that variant's compile); the first is the baseline. All train steps are compiled
-first (XLA memory analysis and FLOPs are read then), and then timed
+options for that variant's compile); the first is the baseline. All train steps are
+compiled first (XLA memory analysis and FLOPs are read then), and then timed
 round-robin, one step of each per round, so that a machine whose speed
 drifts (other tenants, clocks) slows every variant alike; the ratio to the
 baseline is the median of the per-round ratios. ``--vs`` adds whole presets

@@ -8,7 +8,14 @@ import pathlib
 import numpy as np
 import pytest
 
-from train_helpers import EVERY, FAST_COMPILE_FLAG, STEPS, checkpoint_steps, run_train
+from train_helpers import (
+    EVERY,
+    FAST_COMPILE_FLAG,
+    STEPS,
+    checkpoint_steps,
+    fast_compile_on,
+    run_train,
+)
 
 # The suite is compile-bound: it builds hundreds of small XLA:CPU programs. LLVM's
 # optimisation of XLA's generated loops changes how fast a program runs and, at most,
@@ -24,7 +31,7 @@ from train_helpers import EVERY, FAST_COMPILE_FLAG, STEPS, checkpoint_steps, run
 
 def pytest_configure(config):
     """Before any test starts a jax backend (which reads XLA_FLAGS once)."""
-    if os.environ.get("SPARSENET_TESTS_XLA_OPT", "fast") == "fast":
+    if fast_compile_on():
         flags = os.environ.get("XLA_FLAGS", "")
         if FAST_COMPILE_FLAG not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE_FLAG}".strip()

@@ -33,6 +33,11 @@ TINY_ARGS = [
 FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
 
+def fast_compile_on() -> bool:
+    """Whether the suite compiles at -O0: unless SPARSENET_TESTS_XLA_OPT=default."""
+    return os.environ.get("SPARSENET_TESTS_XLA_OPT", "fast") == "fast"
+
+
 def cli_env(
     cache_dir: pathlib.Path | None = None, optimised: bool = False, **extra: str
 ) -> dict[str, str]:

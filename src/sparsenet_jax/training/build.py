@@ -74,9 +74,10 @@ def default_replica_mode(platform: str) -> str:
     unrolled. On CPU the GEMM convolutions (``conv_impl="auto"``) are batched
     products under ``vmap``, not grouped convolutions: two replicas then reached
     1.16× one network's images/s, but unrolled ones 1.29×
-    (``benchmarks/results/cpu-gemm-conv-2026-12-06.md``), so unrolled stays. On TPU vmap is kept: for eight sparsenet-40-24 replicas on a v5e-1 the
-    compiler estimates 0.81× the aggregate throughput of one network under vmap and
-    0.93× unrolled, but unrolled takes 878 s to compile against 92 s
+    (``benchmarks/results/cpu-gemm-conv-2026-12-06.md``), so unrolled stays. On TPU
+    vmap is kept: for eight sparsenet-40-24 replicas on a v5e-1 the compiler estimates
+    0.81× the aggregate throughput of one network under vmap and 0.93× unrolled, but
+    unrolled takes 878 s to compile against 92 s
     (``benchmarks/results/tpu-v5e.md``; not timed on a chip yet).
     """
     return "vmap" if platform == "tpu" else "unroll"
