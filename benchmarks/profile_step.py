@@ -9,10 +9,20 @@ benchmarks), compiles it, runs it twice, then traces one step with
 op event of XLA's worker threads is matched with its instruction in the
 compiled HLO (``compiled.as_text()``) and grouped: a convolution by its
 window (a weight gradient is the convolution whose window is the image, e.g.
-32x32), a ``dot``, a concatenate, a transpose/copy, other fusions. It prints
-each group's milliseconds and share of op time, and the threads' busy share:
-op time ÷ (threads × the program's wall time, the client's wait for it). On a busy machine, a thread that
-the OS takes away counts as busy inside an op and as idle between ops.
+32x32), a dot by its pass and by who runs it, a concatenate, a transpose/copy,
+other fusions. It prints each group's milliseconds and share of op time, the
+threads' busy share (op time ÷ (threads × the program's wall time, the
+client's wait for it)) and the cores' share: the process's CPU time (user +
+system) ÷ the traced step's wall time.
+
+Read the groups with care. A dot that YNNPACK takes (``__ynn_fusion``: its
+operands row-major, as the forward GEMMs and the input gradients) runs in its
+event. A dot it refuses (the weight gradients ``xᵀ·G``, which contract the
+left operand's major dimension) stays XLA's own and runs asynchronously: its
+event lasts a fraction of a millisecond, its work overlaps the ops that follow
+and slows them, so its group's milliseconds are not its cost. On a busy
+machine, a thread that the OS takes away counts as busy inside an op and as
+idle between ops.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import collections
 import json
 import pathlib
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -53,17 +64,23 @@ def hlo_kinds(hlo: str) -> dict[str, str]:
         name, opcode = inst.groups()
         called = re.search(r"calls=%?([\w.\-]+)", line)
         body = "\n".join(bodies.get(called.group(1), [])) if called else line
-        kinds[name] = classify(name, opcode, body)
+        kinds[name] = classify(name, opcode, body, backward="transpose(jvp(" in line)
     return kinds
 
 
-def classify(name: str, opcode: str, body: str) -> str:
-    """The group of one instruction, from its name, opcode and (fused) body."""
+def classify(name: str, opcode: str, body: str, backward: bool = False) -> str:
+    """The group of one instruction, from its name, opcode, (fused) body and pass.
+
+    ``backward``: the instruction comes from the transposed (backward) pass
+    (its ``op_name`` has ``transpose(jvp(``).
+    """
     if " convolution(" in body:
         window = re.search(r"window=\{size=(\S+)", body)
         return f"convolution, window {window.group(1) if window else '?'}"
     if " dot(" in body:
-        return "dot"
+        if opcode == "dot":  # not a YNNPACK fusion: XLA's own dot, asynchronous
+            return "dot, XLA's own (asynchronous: ms not its cost)"
+        return f"dot, {'backward' if backward else 'forward'}"
     if name.startswith("transpose") or opcode == "transpose":
         return "transpose/copy"
     if name.startswith("concatenate") or opcode == "concatenate":
@@ -105,8 +122,19 @@ def trace_ops(step: Any, directory: str) -> tuple[dict[str, float], dict[str, in
     return dict(ms), dict(calls), executed or wall, len(threads)
 
 
+def cpu_per_wall(step: Any) -> float:
+    """The process's CPU time (user + system, every thread) ÷ the wall time of one
+    untraced call of ``step``: how many cores the step kept busy (spinning counts)."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    step()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu / wall
+
+
 def profile(preset: str, batch: int, conv_impl: str) -> dict[str, Any]:
-    """One preset's train step traced; the op groups, the busy share, the load."""
+    """One preset's train step traced; the op groups, the busy shares, the load."""
     from sparsenet_jax.training.build import build_run
 
     setup_jax()
@@ -124,6 +152,7 @@ def profile(preset: str, batch: int, conv_impl: str) -> dict[str, Any]:
 
     step()
     step()
+    cores_busy = cpu_per_wall(step)
     with tempfile.TemporaryDirectory() as directory:
         ms, calls, wall, threads = trace_ops(step, directory)
     groups: dict[str, dict[str, float]] = {}
@@ -141,6 +170,7 @@ def profile(preset: str, batch: int, conv_impl: str) -> dict[str, Any]:
         "threads": threads,
         "op_ms": total,
         "busy_share": total / 1e3 / (threads * wall) if threads else None,
+        "cores_busy": cores_busy,
         "loadavg": load_average(),
         "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1]["ms"])),
     }
@@ -159,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(
         f"{args.preset} ({args.conv_impl}): traced step {result['traced_step_s']:.2f} s, "
         f"op time {result['op_ms']:.0f} ms on {result['threads']} threads "
-        f"(busy {100 * (result['busy_share'] or 0):.0f}%), load average {result['loadavg']:.2f}"
+        f"(busy {100 * (result['busy_share'] or 0):.0f}%), an untraced step kept "
+        f"{result['cores_busy']:.2f} cores busy, load average {result['loadavg']:.2f}"
     )
     print("| group | ms | share | ops |\n| --- | ---: | ---: | ---: |")
     for group, g in result["groups"].items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pathlib
 import sys
 from types import ModuleType
@@ -394,8 +395,10 @@ def test_profile_step_groups_the_ops_of_a_traced_step() -> None:
     profile_step = _load("profile_step")
     out = profile_step.profile("sparsenet-13-6", 8, "shift-dw")  # forward: XLA's conv
     assert out["threads"] >= 1 and 0 < out["busy_share"] <= 1.5
+    assert 0 < out["cores_busy"] <= 2 * (os.cpu_count() or 1)
     groups = out["groups"]
-    assert "dot" in groups  # the GEMM weight gradients of shift-dw
+    # shift-dw's GEMM weight gradients contract x's major dimension: XLA's own dots
+    assert "dot, XLA's own (asynchronous: ms not its cost)" in groups
     assert any(g.startswith("convolution, window 3x3") for g in groups)
     assert groups.get("unmatched", {"ms": 0.0})["ms"] < 0.5 * out["op_ms"]
 
@@ -407,15 +410,27 @@ def test_profile_step_classifies_hlo_instructions() -> None:
             "%fused_dw (p0: f32[8,4,4,3], p1: f32[8,4,4,2]) -> f32[3,3,3,2] {",
             "  ROOT %c = f32[3,3,3,2]{3,2,1,0} convolution(%p0, %p1), window={size=4x4 pad=1_1x1_1}",
             "}",
+            "%fused_dot (p0: f32[8,4], p1: f32[4,2]) -> f32[8,2] {",
+            "  ROOT %d = f32[8,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, "
+            "rhs_contracting_dims={0}",
+            "}",
             "ENTRY %main (a: f32[8,4,4,3]) -> f32[3,3,3,2] {",
             "  %ynn_fusion.1 = f32[3,3,3,2]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%fused_dw",
             "  %transpose.2 = f32[3,2]{1,0} transpose(%x), dimensions={1,0}",
-            "  ROOT %concatenate.3 = f32[6,2]{1,0} concatenate(%y, %z), dimensions={0}",
+            "  %concatenate.3 = f32[6,2]{1,0} concatenate(%y, %z), dimensions={0}",
+            "  %ynn_fusion.4 = f32[8,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_dot, "
+            'metadata={op_name="jit(step)/transpose(jvp(Net))/conv/dot_general"}',
+            "  %ynn_fusion.5 = f32[8,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_dot, "
+            'metadata={op_name="jit(step)/jvp(Net)/conv/dot_general"}',
+            "  ROOT %dot.6 = f32[3,2]{1,0} dot(%a, %b), lhs_contracting_dims={0}, "
+            "rhs_contracting_dims={0}",
             "}",
         ]
     )
     kinds = profile_step.hlo_kinds(hlo)
     assert kinds["ynn_fusion.1"] == "convolution, window 4x4"
+    assert kinds["ynn_fusion.4"] == "dot, backward" and kinds["ynn_fusion.5"] == "dot, forward"
+    assert kinds["dot.6"] == "dot, XLA's own (asynchronous: ms not its cost)"
     assert kinds["transpose.2"] == "transpose/copy"
     assert kinds["concatenate.3"] == "concatenate"
 
