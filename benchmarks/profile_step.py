@@ -12,8 +12,8 @@ window (a weight gradient is the convolution whose window is the image, e.g.
 32x32), a dot by its pass and by who runs it, a concatenate, a transpose/copy,
 other fusions. It prints each group's milliseconds and share of op time, the
 threads' busy share (op time ÷ (threads × the program's wall time, the
-client's wait for it)) and the cores' share: the process's CPU time (user +
-system) ÷ the traced step's wall time.
+client's wait for it)) and the cores kept busy: the process's CPU time (user +
+system) ÷ the wall time of one untraced step.
 
 Read the groups with care. A dot that YNNPACK takes (``__ynn_fusion``: its
 operands row-major, as the forward GEMMs and the input gradients) runs in its
