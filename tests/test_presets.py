@@ -145,6 +145,14 @@ def test_bad_overrides():
         sj.create_model("sparsenet-40-24", growth_rate=(12, 24))
 
 
+def test_a_transition_left_without_channels_is_refused():
+    # sparsenet-bc-10-1 with base 3: one layer a block, whose output is that layer's
+    # single channel; the BC transition halves it to floor(0.5) = 0 channels.
+    with pytest.raises(ValueError, match=r"transition after block 1 would have 0 channels"):
+        sj.create_model("sparsenet-bc-10-1", base=3)
+    assert sj.create_model("sparsenet-bc-10-1", base=2).block_widths()[1] == (1, 2)
+
+
 def test_readme_table_is_what_the_code_prints():
     import pathlib
 

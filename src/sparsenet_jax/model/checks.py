@@ -119,6 +119,21 @@ def _check_ranges(model: SparseNet) -> None:
         )
     if model.unit == "res_bottleneck" and any(g % 4 for g in growths):
         raise ValueError(f"res_bottleneck widths must be multiples of 4, got {growths}")
+    _check_transition_widths(model)
+
+
+def _check_transition_widths(model: SparseNet) -> None:
+    """A compressing transition must keep at least one channel (a narrow block's output,
+    halved and rounded down, can be 0: a layer with no channels cannot be initialised)."""
+    widths = model.block_widths()
+    for block in range(1, len(widths)):
+        width, previous = widths[block][0], widths[block - 1][1]
+        if width < 1:
+            raise ValueError(
+                f"the transition after block {block} would have 0 channels "
+                f"(floor({model.compression} x {previous})): use a larger growth rate "
+                f"or compression, got growth_rates {tuple(model.growth_rates)}"
+            )
 
 
 # The old name, kept while model/network.py still imports it (issue 17: it validates a module).
