@@ -125,9 +125,13 @@ def _check_ranges(model: SparseNet) -> None:
 def _check_transition_widths(model: SparseNet) -> None:
     """A compressing transition must keep at least one channel (a narrow block's output,
     halved and rounded down, can be 0: a layer with no channels cannot be initialised)."""
-    widths = model.block_widths()
-    for block in range(1, len(widths)):
-        width, previous = widths[block][0], widths[block - 1][1]
+    # Closed form (a billion layers count at once); imported here: arithmetic imports
+    # the network module, which imports this one.
+    from sparsenet_jax.model.arithmetic import block_layouts
+
+    layouts = block_layouts(model)
+    for block in range(1, len(layouts)):
+        width, previous = layouts[block][0], layouts[block - 1][3]
         if width < 1:
             raise ValueError(
                 f"the transition after block {block} would have 0 channels "
