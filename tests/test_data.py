@@ -103,6 +103,22 @@ def test_digits_split_is_fixed() -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_digits_read_without_sklearn_equal_load_digits(monkeypatch) -> None:
+    """The bundled file read directly gives load_digits()'s arrays, and when the file
+    is not where we look, load_digits() itself is used."""
+    from sklearn.datasets import load_digits
+
+    expected = load_digits()
+    assert digits._bundled_digits_file() is not None  # else the fast path is never taken
+    for found in (True, False):
+        if not found:
+            monkeypatch.setattr(digits, "_bundled_digits_file", lambda: None)
+        images, labels = digits._digits()
+        np.testing.assert_array_equal(images, expected.images)
+        np.testing.assert_array_equal(labels, expected.target)
+        assert images.dtype == np.int64 and labels.dtype == np.int32
+
+
 # ---------------------------------------------------------------------------
 # CIFAR through tfds
 
