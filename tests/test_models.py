@@ -54,6 +54,24 @@ def test_jit_matches_eager_and_does_not_retrace():
     assert not np.allclose(first, second)
 
 
+def test_equal_networks_share_one_init_program():
+    """The trainer initialises its network for the shapes and again per seed: an equal
+    module (a new object) reuses the first one's traced and compiled init."""
+    from sparsenet_jax.model import network
+
+    before = network._jitted_init._cache_size()
+    # 7 classes: a network no other test initialises, so this test makes its program.
+    first = sj.init_variables(sj.create_model("sparsenet-10-4", num_classes=7), 0)
+    second = sj.init_variables(sj.create_model("sparsenet-10-4", num_classes=7), 1)
+    assert network._jitted_init._cache_size() - before == 1
+    assert not np.array_equal(
+        first["params"]["conv0"]["kernel"], second["params"]["conv0"]["kernel"]
+    )
+    # A module that cannot be hashed (a list where a tuple belongs) still initialises, alike.
+    listed = sj.create_model("sparsenet-10-4", num_classes=7, block_sizes=[2, 2, 2])
+    chex.assert_trees_all_equal(sj.init_variables(listed, 0), first)
+
+
 def test_bf16_compute_keeps_fp32_params(tiny):
     _, variables, x = tiny
     model16 = sj.create_model("sparsenet-25-6", dtype=jnp.bfloat16)

@@ -316,7 +316,26 @@ def init_variables(
     if input_shape is None:
         input_shape = model.default_input_shape
     key = jax.random.key(seed, impl="rbg") if isinstance(seed, int) else seed
-    return jax.jit(model.init)(key, jnp.zeros(tuple(input_shape), jnp.float32))
+    x = jnp.zeros(tuple(input_shape), jnp.float32)
+    if not _hashable(model):  # e.g. block_sizes given as a list: no shared program
+        return jax.jit(model.init)(key, x)
+    return _jitted_init(model, key, x)
+
+
+# One jitted init for every call with an equal module: a fresh ``jax.jit(model.init)``
+# traces and compiles again each time, and the trainer initialises the same network
+# once for its shapes and again per seed.
+@functools.partial(jax.jit, static_argnums=0)
+def _jitted_init(model: SparseNet, key: jax.Array, x: jax.Array) -> Any:
+    return model.init(key, x)
+
+
+def _hashable(model: SparseNet) -> bool:
+    try:
+        hash(model)
+    except TypeError:
+        return False
+    return True
 
 
 def abstract_variables(model: SparseNet, input_shape: Sequence[int] | None = None) -> Any:
