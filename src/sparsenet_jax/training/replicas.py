@@ -31,8 +31,13 @@ def state_axes() -> steps.TrainState:
 def stack(states: Sequence[steps.TrainState]) -> steps.TrainState:
     """One state holding ``states`` as replicas (their step counters must agree)."""
     first = states[0]
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
-    return stacked.replace(step=first.step)
+    return _stacked_leaves(list(states)).replace(step=first.step)
+
+
+@jax.jit
+def _stacked_leaves(trees: list[Any]) -> Any:
+    # One program: stacked one by one, a state's few hundred leaves took 0.7 s on CPU.
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
 def select(tree: Any, index: int, count: int) -> Any:
