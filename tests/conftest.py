@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -69,17 +71,35 @@ def load_reference(filename: str) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    """A compilation cache shared by a module's training subprocesses."""
+    """A compilation cache shared by one test process's training subprocesses.
+
+    One per pytest-xdist worker, not one for all: jax writes a cache entry in place
+    (no rename), so a worker could read another's half-written entry.
+    """
     return tmp_path_factory.mktemp("jax_cache")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def straight(tmp_path_factory, cache_dir):
-    """An uninterrupted run (checkpoints 4, 6, 8 kept): the reference, and a workdir to copy."""
-    workdir = tmp_path_factory.mktemp("straight") / "run"
-    result = run_train(workdir, "--max-steps", str(STEPS), *EVERY, cache_dir=cache_dir)
-    assert result.returncode == 0, result.stderr
+    """An uninterrupted run (checkpoints 4, 6, 8 kept): the reference, and a workdir to copy.
+
+    Made once a test run and only read: under pytest-xdist the first worker to ask
+    makes it while the other waits on a lock.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's own
+    folder = root / "straight"
+    with open(root / "straight.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "made").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            result = run_train(
+                folder / "run", "--max-steps", str(STEPS), *EVERY, cache_dir=cache_dir
+            )
+            assert result.returncode == 0, result.stderr
+            (folder / "made").touch()
+    workdir = folder / "run"
     assert checkpoint_steps(workdir) == [4, 6, 8]
     return workdir

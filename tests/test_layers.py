@@ -12,8 +12,8 @@ from sparsenet_jax.model.schedule import Schedule, segments
 
 # The equivalence cases beyond one network each run in the slow job
 # (`python -m pytest -m slow`): the default run keeps a sparse network for every
-# switch (and a dense one for the 1×1 matmuls); the slow job adds the summing,
-# dense and deeper ones.
+# switch, on two small blocks (and a dense one for the 1×1 matmuls); the slow job
+# adds the three-block, summing, dense and deeper ones.
 SLOW = pytest.mark.slow
 TWO_SMALL_BLOCKS = {"block_sizes": (5, 4), "growth_rates": (6, 6)}
 
@@ -64,7 +64,8 @@ def _eval_train_grad(model, variables, x):
 @pytest.mark.parametrize(
     ("name", "overrides"),
     [
-        ("sparsenet-25-6", {}),
+        ("sparsenet-25-6", TWO_SMALL_BLOCKS),
+        pytest.param("sparsenet-25-6", {}, marks=SLOW),
         pytest.param("sparsenet-bc-46-6", {}, marks=SLOW),
         pytest.param("sparsenet-25-6", {"base": 3}, marks=SLOW),
         pytest.param("resnet-20", {}, marks=SLOW),
@@ -183,10 +184,11 @@ def test_pointwise_as_dot_matches_nn_conv(name, overrides):
 @pytest.mark.parametrize(
     ("name", "overrides"),
     [
-        ("sparsenet-25-6", {}),
+        # Two small blocks: the same code paths in under half the time.
+        ("sparsenet-25-6", TWO_SMALL_BLOCKS),
+        pytest.param("sparsenet-25-6", {}, marks=SLOW),
         pytest.param("sparsenet-bc-46-6", {}, marks=SLOW),
         pytest.param("densenet-13-6", {}, marks=SLOW),
-        # The switches on two small blocks: the same code paths in under half the time.
         pytest.param("sparsenet-25-6", {**TWO_SMALL_BLOCKS, "remat": True}, marks=SLOW),
         pytest.param("sparsenet-25-6", {**TWO_SMALL_BLOCKS, "dropout_rate": 0.2}, marks=SLOW),
     ],

@@ -14,11 +14,26 @@ from sparsenet_jax.training import mesh as mesh_lib
 from sparsenet_jax.training import optim, steps
 
 
-def _one_reference_step(filename: str, name: str, classes: int):
+def _reference_states(filename: str, name: str, classes: int):
+    """The reference file, our model, and the reference's variables (converted to ours)
+    before and after its one SGD step."""
     ref = load_reference(filename)
     model = sj.create_model(name, num_classes=classes)
-    sd = {k[3:]: v for k, v in ref.items() if k.startswith("sd/")}
-    variables = convert.from_torch_state_dict(model, sd)
+    before = convert.from_torch_state_dict(
+        model, {k[3:]: v for k, v in ref.items() if k.startswith("sd/")}
+    )
+    after = convert.from_torch_state_dict(
+        model, {k[5:]: v for k, v in ref.items() if k.startswith("step/")}
+    )
+    return ref, model, before, after
+
+
+def _reference_batch(ref) -> dict[str, jax.Array]:
+    return {"image": jnp.asarray(ref["x"].transpose(0, 2, 3, 1)), "label": jnp.asarray(ref["y"])}
+
+
+def _one_reference_step(filename: str, name: str, classes: int):
+    ref, model, variables, after = _reference_states(filename, name, classes)
     tx = optim.make_optimizer(0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
     state = steps.TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -27,11 +42,7 @@ def _one_reference_step(filename: str, name: str, classes: int):
         opt_state=tx.init(variables["params"]),
     )
     train_step = jax.jit(steps.make_train_step(model, tx))
-    batch = {"image": jnp.asarray(ref["x"].transpose(0, 2, 3, 1)), "label": jnp.asarray(ref["y"])}
-    new_state, metrics = train_step(state, batch)
-    after = convert.from_torch_state_dict(
-        model, {k[5:]: v for k, v in ref.items() if k.startswith("step/")}
-    )
+    new_state, metrics = train_step(state, _reference_batch(ref))
     return ref, variables, new_state, after, metrics
 
 
@@ -83,8 +94,7 @@ def test_one_sgd_step_matches_reference_large(filename, spec):
 def test_a_wrong_convention_is_caught():
     """Weight decay on BatchNorm too would move BN parameters off the reference."""
     filename, spec = next(iter(TINY_REFERENCES.items()))
-    ref, before, _, after, _ = _one_reference_step(filename, *spec)
-    model = sj.create_model(spec[0], num_classes=spec[1])
+    ref, model, before, after = _reference_states(filename, *spec)
     import optax
 
     tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
@@ -92,8 +102,7 @@ def test_a_wrong_convention_is_caught():
     state = steps.TrainState(
         jnp.zeros((), jnp.int32), before["params"], before["batch_stats"], tx.init(before["params"])
     )
-    batch = {"image": jnp.asarray(ref["x"].transpose(0, 2, 3, 1)), "label": jnp.asarray(ref["y"])}
-    new_state, _ = jax.jit(steps.make_train_step(model, tx))(state, batch)
+    new_state, _ = jax.jit(steps.make_train_step(model, tx))(state, _reference_batch(ref))
     with pytest.raises(AssertionError):
         _assert_updates_match(before["params"], new_state.params, after["params"])
 

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from train_helpers import (
+    EVERY,
+    STEPS,
     checkpoint_steps,
     cli_env,
     load_checkpoint,
@@ -43,17 +45,12 @@ def test_short_run_writes_everything(tmp_path, cache_dir):
     assert "step 6/6" in result.stderr  # progress
 
 
-def test_kill_9_then_resume_is_bit_exact(tmp_path, cache_dir):
-    steps = "16"
-    straight = tmp_path / "straight"
-    result = run_train(
-        straight, "--max-steps", steps, "--checkpoint-every-steps", "4", cache_dir=cache_dir
-    )
-    assert result.returncode == 0, result.stderr
-
+def test_kill_9_then_resume_is_bit_exact(tmp_path, cache_dir, straight):
+    """Killed (SIGKILL) mid-run once a checkpoint exists, then resumed: the same final
+    state and metrics as the uninterrupted run (``straight``, the same flags)."""
     crashed = tmp_path / "crashed"
     proc = subprocess.Popen(
-        train_cmd(crashed, "--max-steps", steps, "--checkpoint-every-steps", "4"),
+        train_cmd(crashed, "--max-steps", str(STEPS), *EVERY),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=cli_env(cache_dir),
@@ -65,13 +62,11 @@ def test_kill_9_then_resume_is_bit_exact(tmp_path, cache_dir):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = checkpoint_steps(crashed)
-    assert killed_at and max(killed_at) < int(steps)
+    assert killed_at and max(killed_at) < STEPS
 
-    result = run_train(
-        crashed, "--max-steps", steps, "--checkpoint-every-steps", "4", cache_dir=cache_dir
-    )
+    result = run_train(crashed, "--max-steps", str(STEPS), *EVERY, cache_dir=cache_dir)
     assert result.returncode == 0, result.stderr
-    a, b = load_checkpoint(straight, int(steps)), load_checkpoint(crashed, int(steps))
+    a, b = load_checkpoint(straight, STEPS), load_checkpoint(crashed, STEPS)
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
