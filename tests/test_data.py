@@ -110,10 +110,9 @@ def test_digits_read_without_sklearn_equal_load_digits(monkeypatch) -> None:
 
     expected = load_digits()
     assert digits._bundled_digits_file() is not None  # else the fast path is never taken
-    for found in (True, False):
-        if not found:
-            monkeypatch.setattr(digits, "_bundled_digits_file", lambda: None)
-        images, labels = digits._digits()
+    read_directly = digits._digits()
+    monkeypatch.setattr(digits, "_bundled_digits_file", lambda: None)
+    for images, labels in (read_directly, digits._digits()):
         np.testing.assert_array_equal(images, expected.images)
         np.testing.assert_array_equal(labels, expected.target)
         assert images.dtype == np.int64 and labels.dtype == np.int32
