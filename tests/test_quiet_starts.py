@@ -1,5 +1,6 @@
 """Starts and stops that say one line: aot under SIGTERM (issue 18 item 13), a JAX_PLATFORMS
-this machine lacks, and libtpu's start-up chatter on CPU (issue 18, "Noisy")."""
+this machine lacks, and libtpu's start-up chatter on CPU (issue 18, "Noisy"); and a start
+that does not import PyTorch for TensorBoard."""
 
 from __future__ import annotations
 
@@ -95,3 +96,37 @@ def test_a_cpu_run_prints_no_libtpu_chatter(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "error: eval_batch_size 1000 is larger than the 300 test images"
     ]
+
+
+def test_tensorboard_events_without_importing_torch(tmp_path):
+    """tensorboardX imports torch whenever it can (about 2 s of every trainer start);
+    the metrics writer hides it during that import, and only then."""
+    site, marker = tmp_path / "site", tmp_path / "torch-was-imported"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'a').close()\nraise ImportError('a stand-in torch')\n"
+    )
+    script = f"""
+import pathlib
+from sparsenet_jax.training.reporting import MetricsWriter
+writer = MetricsWriter(pathlib.Path({str(tmp_path)!r}), 0)
+writer.write({{"split": "train", "step": 1, "loss": 0.5}})
+writer.close()
+assert not pathlib.Path({str(marker)!r}).exists(), "tensorboardX imported torch"
+try:
+    import torch
+except ImportError:
+    pass
+assert pathlib.Path({str(marker)!r}).exists(), "torch stayed hidden after tensorboardX loaded"
+"""
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=_env(PYTHONPATH=path, JAX_PLATFORMS="cpu"),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    events = list((tmp_path / "tensorboard").iterdir())
+    assert events and all(event.stat().st_size > 0 for event in events)

@@ -59,6 +59,25 @@ class Progress:
             self.tty = False
 
 
+def summary_writer_class() -> Any:
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch.
+
+    tensorboardX imports torch whenever it is installed, only to accept torch
+    tensors; that import cost a trainer start about 2 s (and a few hundred MB).
+    We write Python floats, so while tensorboardX loads, ``import torch`` is made
+    to fail at once (``None`` in ``sys.modules``), unless torch is loaded already.
+    """
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """``metrics.jsonl`` (one JSON object a line) and TensorBoard events, on process 0."""
 
@@ -77,9 +96,7 @@ class MetricsWriter:
         if self.path.exists():
             self._truncate_after(resume_step)
         try:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(str(workdir / "tensorboard"))
+            self.tb = summary_writer_class()(str(workdir / "tensorboard"))
         except ImportError:  # pragma: no cover - tensorboardX is a dependency
             warnings.warn("tensorboardX is missing: no TensorBoard events", stacklevel=2)
 
