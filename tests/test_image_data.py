@@ -21,6 +21,9 @@ from PIL import Image
 from image_folders import cifar_image_folder, cifar_npz, encode, write_folder, write_packed
 from sparsenet_jax import data
 from sparsenet_jax.data import folder, images
+from sparsenet_jax.training import config as config_lib
+from sparsenet_jax.training import input_pipeline
+from sparsenet_jax.training.errors import TrainingError
 
 
 @pytest.fixture(autouse=True)
@@ -477,3 +480,21 @@ def test_a_loader_refuses_non_finite_float_images_once(tmp_path) -> None:
     with pytest.raises(images.NonFiniteImageError) as err:
         data.load_arrays("cifar10", "test", str(tmp_path / "tfds"))
     _one_line(err, "cifar10-test-images.npy[1]", "NaN or Inf")
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path) -> None:
+    """A resumed run must read the data it started on: another training set would change
+    its epochs mid-schedule, another test set its accuracy. The data may move."""
+    root, _ = _small_folder(tmp_path / "data")
+    config = config_lib.from_dict({"dataset": "folder", "data_dir": str(root)})
+    recorded = input_pipeline.load_splits(config).info
+    moved = root.rename(tmp_path / "moved")
+    config = config_lib.from_dict({"dataset": "folder", "data_dir": str(moved)})
+    assert input_pipeline.load_splits(config, recorded).info == recorded
+    next((moved / "train" / "eel").iterdir()).unlink()
+    with pytest.raises(TrainingError, match=r"\(num_train 8, the run had 9\); use the same data"):
+        input_pipeline.load_splits(config, recorded)
+    (moved / "train" / "cat").rename(moved / "train" / "cow")
+    (moved / "test" / "cat").rename(moved / "test" / "cow")
+    with pytest.raises(TrainingError, match=r"class names differ: 'cow' where the run had 'cat'"):
+        input_pipeline.load_splits(config, recorded)

@@ -58,15 +58,38 @@ def load_splits(config: TrainConfig, recorded: data_lib.DatasetInfo | None = Non
         splits = Splits(loaded.info, loaded.train, loaded.test)
     if recorded is None:
         return splits
-    for field in ("num_classes", "channels", "image_size"):
-        if getattr(recorded, field) != getattr(splits.info, field):
-            raise TrainingError(
-                f"the data in {config.data_dir or 'the data dir'} has {field} "
-                f"{getattr(splits.info, field)}, but this workdir's run had "
-                f"{getattr(recorded, field)}; use the same data or a new --workdir"
-            )
+    differ = _data_differences(recorded, splits.info)
+    if differ:
+        raise TrainingError(
+            f"the data in {config.data_dir or 'the default data dir'} is not the data this "
+            f"workdir's run trained on ({'; '.join(differ)}); use the same data or a new --workdir"
+        )
     splits.info = dataclasses.replace(splits.info, mean=recorded.mean, std=recorded.std)
     return splits
+
+
+# The facts that make other data another run: a resumed run on a different training set
+# would mix two datasets in one schedule (its epochs, its steps a epoch) and report
+# accuracy on another test set. The data may move (--data-dir is not compared).
+_SAME_DATA_FIELDS = ("num_classes", "channels", "image_size", "num_train", "num_test", "classes")
+
+
+def _data_differences(recorded: data_lib.DatasetInfo, now: data_lib.DatasetInfo) -> list[str]:
+    """``field: now, run had recorded`` for every fact of the data that changed."""
+    differ = []
+    for field in _SAME_DATA_FIELDS:
+        was, found = getattr(recorded, field), getattr(now, field)
+        if field == "classes" and not (was and found):
+            continue  # a dataset without class names, or a workdir older than them
+        if was == found:
+            continue
+        if field == "classes":
+            pairs = itertools.zip_longest(found, was, fillvalue="(none)")
+            new, old = next((a, b) for a, b in pairs if a != b)
+            differ.append(f"class names differ: {new!r} where the run had {old!r}")
+        else:
+            differ.append(f"{field} {found}, the run had {was}")
+    return differ
 
 
 def _imagenet_info(config: TrainConfig) -> data_lib.DatasetInfo:
