@@ -295,6 +295,9 @@ def test_identity_fields_decide_what_a_resume_may_change(tmp_path, field):
         ({"model_kwargs": [1]}, "model_kwargs: expected dict[str, Any], got [1]"),
         ({"epochs": 0}, "epochs: must be >= 1, got 0"),
         ({"bogus": 1}, "unknown config field(s) ['bogus']"),
+        ({"dataset": "folder"}, "data_dir: --dataset folder reads a folder"),
+        ({"image_size": 8}, "image_size: digits images are 32x32; --image-size (8) applies"),
+        ({"dataset": "cifar10", "data_dir": "c.npz"}, "c.npz looks like a packed .npz of JPEGs"),
     ],
 )
 def test_from_dict_names_the_bad_field(values, message):

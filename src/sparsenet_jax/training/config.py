@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sparsenet_jax._text import did_you_mean
-from sparsenet_jax.data import ALL_DATASETS
+from sparsenet_jax.data import ALL_DATASETS, LOCAL_DATASETS, dataset_info
 
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
 # How batches reach the host: in memory (digits, CIFAR, folders), or ImageNet's grain or
@@ -230,6 +230,7 @@ def validate(config: TrainConfig) -> TrainConfig:
             "seeds: replicas read the in-memory datasets (CIFAR, digits, folder); "
             "for imagenet2012 run one seed per run"
         )
+    _validate_data(config)
     for name in ("workdir", "compilation_cache_dir"):
         if not getattr(config, name):
             raise ConfigError(f"{name}: must not be empty")
@@ -241,6 +242,28 @@ def validate(config: TrainConfig) -> TrainConfig:
             f"got {config.process_id}"
         )
     return config
+
+
+def _validate_data(config: TrainConfig) -> None:
+    """What the data flags need, checked before anything is read."""
+    if config.dataset in LOCAL_DATASETS:
+        if not config.data_dir:
+            raise ConfigError(
+                f"data_dir: --dataset {config.dataset} reads a folder with train/<class>/* and "
+                "test/<class>/* (or val/), or a packed .npz of JPEGs: pass its path"
+            )
+        return
+    size = dataset_info(config.dataset).image_size
+    if config.image_size not in (None, size):
+        raise ConfigError(
+            f"image_size: {config.dataset} images are {size}x{size}; --image-size "
+            f"({config.image_size}) applies to --dataset folder only"
+        )
+    if config.data_dir and config.data_dir.endswith(".npz"):
+        raise ConfigError(
+            f"data_dir: {config.data_dir} looks like a packed .npz of JPEGs; "
+            f"read it with --dataset folder (not {config.dataset})"
+        )
 
 
 def _matches(value: Any, hint: Any) -> bool:
