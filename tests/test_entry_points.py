@@ -28,6 +28,9 @@ def test_every_console_script_entry_point_runs_help(name):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+    # Each says what it does (aot once opened with the trainer's "Train SparseNet…").
+    says = {"train": "Train SparseNet", "aot": "for a TPU without one", "export": "Export a"}
+    assert says[name.removeprefix("sparsenet-")] in " ".join(result.stdout.split())
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

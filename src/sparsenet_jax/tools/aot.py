@@ -167,6 +167,12 @@ def _topology_arg(text: str) -> Topology:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+DESCRIPTION = (
+    "Compile a training run's steps for a TPU without one: compile time, HBM per chip, "
+    "FLOPs, bytes and roofline images/s. Takes the trainer's flags."
+)
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TPU check (python -m sparsenet_jax.aot)")
     group.add_argument(
@@ -180,7 +186,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, extras = flags.parse_with_extras(argv, prog=PROG, add_extra=add_flags)
+    config, extras = flags.parse_with_extras(
+        argv, prog=PROG, add_extra=add_flags, description=DESCRIPTION
+    )
     topology: Topology = extras.topology
     # Compile times are the point: a cached program would report none.
     jax.config.update("jax_enable_compilation_cache", False)

@@ -93,15 +93,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, "\n".join(lines) + "\n")
 
 
-def build_parser(prog: str = PROG, config_cls: type = TrainConfig) -> argparse.ArgumentParser:
+DESCRIPTION = "Train SparseNet/DenseNet/ResNet."
+
+
+def build_parser(
+    prog: str = PROG, config_cls: type = TrainConfig, description: str = DESCRIPTION
+) -> argparse.ArgumentParser:
     """A flag for every field of ``config_cls`` (default None: not given), in help groups.
 
     ``--batch-size`` is the spelling --help shows; ``--batch_size`` works too.
+    ``description`` opens --help: what the command does.
     """
     parser = _Parser(
         prog=prog,
         usage="%(prog)s [--recipe NAME] [--FLAG VALUE ...]",
-        description="Train SparseNet/DenseNet/ResNet. A recipe sets the defaults; flags "
+        description=f"{description} A recipe sets the defaults; flags "
         "override them. Every flag also takes underscores (--batch_size).",
         allow_abbrev=False,  # a prefix is ambiguous between --batch-size and --batch_size
     )
@@ -150,13 +156,14 @@ def parse_with_extras(
     *,
     prog: str,
     add_extra: Callable[[argparse.ArgumentParser], None],
+    description: str = DESCRIPTION,
 ) -> tuple[TrainConfig, argparse.Namespace]:
     """:func:`parse_args` for a command that adds its own flags with ``add_extra``.
 
     Returns the validated config and a namespace of just the extra arguments.
     Bad input (a config flag's or an extra's) exits with status 2, as in parse_args.
     """
-    parser = build_parser(prog)
+    parser = build_parser(prog, description=description)
     fields = {action.dest for action in parser._actions}
     add_extra(parser)
     args = vars(parser.parse_args(argv))
