@@ -1,9 +1,10 @@
-"""Starts and stops that say one line: aot under SIGTERM (issue 18 item 13), a JAX_PLATFORMS
-this machine lacks, and libtpu's start-up chatter on CPU (issue 18, "Noisy"); and a start
-that does not import PyTorch for TensorBoard."""
+"""Starts, stops and summaries that say one line: aot under SIGTERM (issue 18 item 13), a
+JAX_PLATFORMS this machine lacks, libtpu's start-up chatter on CPU (issue 18, "Noisy"), a
+start that does not import PyTorch for TensorBoard, and the best evaluation's epoch."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -130,3 +131,18 @@ assert pathlib.Path({str(marker)!r}).exists(), "torch stayed hidden after tensor
     assert result.returncode == 0, result.stderr
     events = list((tmp_path / "tensorboard").iterdir())
     assert events and all(event.stat().st_size > 0 for event in events)
+
+
+def test_the_summary_names_the_epoch_of_the_best_evaluation(tmp_path):
+    """A run stopped by --max-steps within its first epoch said 'epoch 1' (rounded up)."""
+    from sparsenet_jax.training.reporting import best_so_far
+
+    records = [
+        {"split": "test", "step": 60, "epoch": 60 / 781, "accuracy": 0.2294},
+        {"split": "test", "step": 1495, "epoch": 13.0, "accuracy": 0.99, "seed": 1},
+        {"split": "test", "step": 1610, "epoch": 14.0, "accuracy": 0.98, "seed": 1},
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert best_so_far(path) == {None: (0.2294, 0.08), 1: (0.99, 13)}
+    assert str(best_so_far(path)[1][1]) == "13"

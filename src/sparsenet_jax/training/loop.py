@@ -55,7 +55,7 @@ __all__ = ["RunResult", "TrainingError", "evaluate", "itstime", "train_and_evalu
 class RunResult:
     final_step: int
     best_test_accuracy: float | None
-    best_epoch: int | None
+    best_epoch: int | float | None  # reporting.epoch_label
     num_params: int
     wall_time_s: float
     stopped_by: str = ""  # the signal's name ("SIGTERM", "SIGINT") if one stopped the run

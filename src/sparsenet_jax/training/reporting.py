@@ -131,7 +131,7 @@ class MetricsWriter:
             print(f"warning: TensorBoard events not flushed ({err.strerror})", file=sys.stderr)
 
 
-Best = dict[int | None, tuple[float, int]]
+Best = dict[int | None, tuple[float, int | float]]
 """Best test accuracy and its epoch, by replica seed (``None``: a run of one seed)."""
 
 
@@ -149,7 +149,14 @@ def update_best(best: Best, record: Record) -> None:
     """Fold one test record into ``best`` (its ``seed`` field, if any, says whose)."""
     seed = record.get("seed")
     if seed not in best or record["accuracy"] > best[seed][0]:
-        best[seed] = (record["accuracy"], math.ceil(record["epoch"]))
+        best[seed] = (record["accuracy"], epoch_label(record["epoch"]))
+
+
+def epoch_label(epoch: float) -> int | float:
+    """An evaluation's epoch as a summary names it: 13 at an epoch's end, 0.08 within one
+    (a run stopped by --max-steps)."""
+    shown = round(epoch, 2)
+    return int(shown) if shown == int(shown) else shown
 
 
 class StepTimer:
