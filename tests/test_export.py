@@ -104,6 +104,8 @@ def test_loaded_artifact_refuses_pixels_and_other_shapes(tiny):
 
 
 def test_not_an_artifact(tmp_path):
+    with pytest.raises(ValueError, match=r"x\.jax: no such file"):
+        sj.load_exported(tmp_path / "x.jax")  # not "its sidecar is missing"
     (tmp_path / "x.jax").write_bytes(b"not stablehlo")
     with pytest.raises(ValueError, match=r"its sidecar .*x\.jax\.json is missing"):
         sj.load_exported(tmp_path / "x.jax")

@@ -102,6 +102,8 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = os.fspath(path)
     sidecar = f"{path}.json"
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file (an artifact of python -m sparsenet_jax.export)")
     try:
         with open(sidecar, encoding="utf-8") as f:
             info = json.load(f)
