@@ -146,3 +146,19 @@ def test_the_summary_names_the_epoch_of_the_best_evaluation(tmp_path):
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
     assert best_so_far(path) == {None: (0.2294, 0.08), 1: (0.99, 13)}
     assert str(best_so_far(path)[1][1]) == "13"
+
+
+def test_a_resume_without_its_metrics_file_says_what_is_lost(tmp_path, capsys):
+    """metrics.jsonl deleted, then resumed: the summary's best accuracy would silently
+    count only the new evaluations."""
+    from sparsenet_jax.training.reporting import MetricsWriter
+
+    MetricsWriter(tmp_path / "new", 0).close()  # a first start: nothing to say
+    assert capsys.readouterr().err == ""
+    (tmp_path / "resumed").mkdir()
+    MetricsWriter(tmp_path / "resumed", 460).close()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"warning: {tmp_path / 'resumed' / 'metrics.jsonl'} is missing: the records of steps "
+        "1-460 are lost, and the best test accuracy counts only the evaluations from here on"
+    ]

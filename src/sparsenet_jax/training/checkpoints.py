@@ -24,7 +24,6 @@ import json
 import logging
 import pathlib
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,12 +33,7 @@ import jax.numpy as jnp
 
 from sparsenet_jax._files import write_atomic
 from sparsenet_jax.training import steps
-from sparsenet_jax.training.errors import TrainingError
-
-
-def warn(message: str) -> None:
-    """One line on stderr for a recoverable problem."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+from sparsenet_jax.training.errors import TrainingError, warn
 
 
 @jax.jit

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from sparsenet_jax._files import read_jsonl, write_atomic
+from sparsenet_jax.training.errors import warn
 
 Record = dict[str, Any]
 
@@ -95,6 +96,11 @@ class MetricsWriter:
             return
         if self.path.exists():
             self._truncate_after(resume_step)
+        elif resume_step > 0:
+            warn(
+                f"{self.path} is missing: the records of steps 1-{resume_step} are lost, and "
+                "the best test accuracy counts only the evaluations from here on"
+            )
         try:
             self.tb = summary_writer_class()(str(workdir / "tensorboard"))
         except ImportError:  # pragma: no cover - tensorboardX is a dependency
