@@ -26,11 +26,16 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def _libtpu_loaded(pid: int) -> bool:
+def _maps(pid: int) -> str:
+    """The files a process has mapped (its shared libraries); empty once it has ended."""
     try:
-        return "libtpu" in pathlib.Path(f"/proc/{pid}/maps").read_text()
+        return pathlib.Path(f"/proc/{pid}/maps").read_text()
     except OSError:
-        return False
+        return ""
+
+
+def _libtpu_loaded(pid: int) -> bool:
+    return "libtpu" in _maps(pid)
 
 
 @NO_TPU
@@ -162,3 +167,27 @@ def test_a_resume_without_its_metrics_file_says_what_is_lost(tmp_path, capsys):
         f"warning: {tmp_path / 'resumed' / 'metrics.jsonl'} is missing: the records of steps "
         "1-460 are lost, and the best test accuracy counts only the evaluations from here on"
     ]
+
+
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
+    """SIGINT in the first seconds of `python -m sparsenet_jax.train` (importing jax and
+    flax) printed a KeyboardInterrupt traceback; later it prints one line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparsenet_jax.train", *TINY, "--workdir", str(tmp_path / "r")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(JAX_PLATFORMS="cpu"),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "jaxlib" not in _maps(proc.pid) and proc.poll() is None:
+            assert time.monotonic() < deadline, "jaxlib never loaded"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)  # jax is loading; flax, optax and orbax are to come
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert err.strip().splitlines() == ["SIGINT before the first step finished: nothing to save"]
+    assert not (tmp_path / "r").exists()
