@@ -1,12 +1,16 @@
 """``--seeds N``: N independent replicas of a run in one program.
 
-Replica ``i`` is the run that ``--seed seed+i`` gives alone: its own initial
+Replica ``i`` is the run that ``--seed seed+i`` gives alone (in float32, up to
+rounding that grows over the steps): its own initial
 weights, data order and random numbers (augmentation, dropout). Every leaf of
 the train state but the step counter gets a leading axis of size N, each
 train batch is N batches (one per replica's data order) stacked on a leading
-axis, and the pure steps are ``vmap``-ed over that axis. At the paper's batch
-of 64 one network leaves an accelerator mostly idle; N of them in one program
-fill it, and a mean ± std over seeds costs one run.
+axis, and the pure steps are ``vmap``-ed over that axis (or unrolled, see
+``build.default_replica_mode``). At the paper's batch of 64 one network leaves a
+GPU mostly idle, which N replicas may fill. Measured so far: two replicas train
+1.29× the images/s of one network on a 2-core CPU; on a v5e-1 the compiler
+estimates eight at 0.81× the throughput of eight runs in turn (no time saved
+there; ``benchmarks/RESULTS.md``).
 
 With N = 1 nothing here is used: the state and batches have no replica axis.
 """
