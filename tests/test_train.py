@@ -91,6 +91,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, cache_dir):
     assert result.returncode == 1
     assert "error: the loss became nan" in result.stderr.lower()
     assert "Traceback" not in result.stderr
+    assert "NaN or Inf found" not in result.stderr  # tensorboardX's line, once a record
     assert checkpoint_steps(workdir) == []  # nothing non-finite was saved
 
 
@@ -135,6 +136,7 @@ def test_missing_dataset_is_a_clear_message(tmp_path):
     assert result.returncode == 1
     assert str(tmp_path / "none") in result.stderr and "prepare" in result.stderr
     assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # no tfds search lines
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,13 @@ def setup_logging() -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     # "Unable to initialize backend 'tpu'" on every machine without one is noise.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
+    # Library lines that our own one-line errors say better: tfds searching an unprepared
+    # data dir ("Variant folder … has no dataset_info.json", twice), and tensorboardX's
+    # "NaN or Inf found in input tensor." once a step before the non-finite loss stops us.
+    logging.getLogger("absl").addFilter(
+        lambda record: not str(record.msg).startswith("Variant folder ")
+    )
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
 
 
 def summary_line(config: TrainConfig, result: RunResult) -> str:
