@@ -113,6 +113,13 @@ def test_unknown_preset_lists_valid_names():
     assert "sparsenet-40-24" in str(err.value) and "densenet-121" in str(err.value)
     with pytest.raises(ValueError, match="Did you mean sparsenet-40-24"):
         sj.create_model("sparsenet-40-42x")
+    # A misspelt family, in a name that is a pattern and not a preset.
+    for typo, meant in [
+        ("sparsnet-13-8", "sparsenet-13-8"),
+        ("desnet-bc-52-6", "densenet-bc-52-6"),
+    ]:
+        with pytest.raises(ValueError, match=f"Did you mean {meant}[?,]"):
+            sj.create_model(typo)
 
 
 @pytest.mark.parametrize(

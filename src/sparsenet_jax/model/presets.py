@@ -116,12 +116,28 @@ def parse_name(name: str) -> PresetSpec:
         return PresetSpec(
             "cifar-sum", schedule, depth, RESNET_WIDTHS, depth >= RESNET_BOTTLENECK_FROM_DEPTH
         )
-    close = close_matches(key, PAPER_PRESETS, n=3)
+    close = _respelled(key) or close_matches(key, PAPER_PRESETS, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(
         f"unknown model {name!r}.{hint} Named presets: {', '.join(PAPER_PRESETS)}. "
         f"Names follow: {NAME_RULES}."
     )
+
+
+_FAMILIES = ("sparsenet", "densenet", "resnet", "sparse-resnet")
+
+
+def _respelled(key: str) -> list[str]:
+    """``key`` with its family word corrected, where that gives a valid name.
+
+    Most names are patterns, not presets (the digits recipe's sparsenet-13-8 is not
+    one): for "sparsnet-13-8" the closest preset is far off, the respelled name is it.
+    """
+    m = re.match(r"^(.+?)((?:-bc)?(?:-\d+)+)$", key)
+    if not m:
+        return []
+    respelled = [family + m.group(2) for family in close_matches(m.group(1), _FAMILIES, n=2)]
+    return [n for n in respelled if any(r.match(n) for r in (_CONCAT_RE, _SUM_RE, _IMAGENET_RE))]
 
 
 def _layers_per_block(spec: PresetSpec) -> tuple[int, ...]:
