@@ -439,7 +439,7 @@ def test_packed_npz_errors(tmp_path) -> None:
     np.savez(tmp_path / "zeroed.npz", **corrupt)
     _expect_error(tmp_path / "zeroed.npz", "zeroed.npz:train[2]", cls=images.ImageDecodeError)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    _expect_error(tmp_path / "junk.npz", "junk.npz")
+    _expect_error(tmp_path / "junk.npz", "junk.npz: not a .npz file (an .npz is a zip archive")
 
 
 def test_real_cifar10_q75_test_split() -> None:

@@ -409,6 +409,9 @@ def _header_size(path: str) -> tuple[int, int]:
 
 
 def _packed_plan(path: str, image_size: int | None, splits: Sequence[str]) -> _Plan:
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        # np.load would read it as a pickle and say pickles are not allowed.
+        raise ImageFolderError(f"{path}: not a .npz file (an .npz is a zip archive; this is not)")
     try:
         packed = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
