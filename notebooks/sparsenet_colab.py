@@ -286,10 +286,11 @@ print(f"{len(TABLE_PRESETS)} presets in {time.time() - start:.0f} s")
 # builds exactly what the trainer will run; its `config.dtype` is the resolved compute dtype.
 #
 # **`SEEDS`** (the form field): train that many replicas of the run at once, seeds 0 … N-1,
-# each the run its seed gives alone (up to float32 rounding), in one program (`--seeds N` on the
-# command line). On Colab's v5e-1 it saves no time: the compiler estimates N replicas at about
-# the cost of N runs in turn (benchmarks/results/tpu-v5e.md); it gives one run, one workdir and
-# one summary for all the seeds. The
+# each the run its seed gives alone up to rounding (which grows over the steps: the same
+# distribution of results, not the same numbers), in one program (`--seeds N` on the command
+# line). On Colab's v5e-1 it saves no time: the compiler estimates eight replicas take about
+# 1.2× as long as eight runs in turn (benchmarks/results/tpu-v5e.md); it gives one run, one
+# workdir and one summary for all the seeds. The
 # curves then show the seeds' mean with a band of ± one standard deviation, and step 9 the
 # test accuracy as mean ± std over the seeds. Each N gets its own workdir (a workdir refuses
 # to resume with another N), and step 6 says the largest N that fits the chip.

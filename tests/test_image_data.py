@@ -442,6 +442,16 @@ def test_packed_npz_errors(tmp_path) -> None:
     _expect_error(tmp_path / "junk.npz", "junk.npz: not a .npz file (an .npz is a zip archive")
 
 
+def test_an_unreadable_npz_is_named_unreadable(tmp_path, monkeypatch) -> None:
+    path, _ = _packed(tmp_path)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(folder, "open", denied, raising=False)  # root may read anything
+    _expect_error(path, "not a readable .npz file ([Errno 13] Permission denied)")
+
+
 def test_real_cifar10_q75_test_split() -> None:
     """The shared file's test split: 10,000 images of 32x32, 10 classes, CIFAR's mean."""
     x, y, classes = folder.load_split(cifar_npz(), "test")

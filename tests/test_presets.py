@@ -120,6 +120,9 @@ def test_unknown_preset_lists_valid_names():
     ]:
         with pytest.raises(ValueError, match=f"Did you mean {meant}[?,]"):
             sj.create_model(typo)
+    # The family spelt right: the closest presets, not another family's invalid name.
+    with pytest.raises(ValueError, match=r"Did you mean densenet-40-12[?,]"):
+        sj.create_model("densenet-40")
 
 
 @pytest.mark.parametrize(

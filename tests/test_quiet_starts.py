@@ -144,12 +144,13 @@ def test_the_summary_names_the_epoch_of_the_best_evaluation(tmp_path):
 
     records = [
         {"split": "test", "step": 60, "epoch": 60 / 781, "accuracy": 0.2294},
+        {"split": "test", "step": 3, "epoch": 3 / 781, "accuracy": 0.2, "seed": 2},
         {"split": "test", "step": 1495, "epoch": 13.0, "accuracy": 0.99, "seed": 1},
         {"split": "test", "step": 1610, "epoch": 14.0, "accuracy": 0.98, "seed": 1},
     ]
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    assert best_so_far(path) == {None: (0.2294, 0.08), 1: (0.99, 13)}
+    assert best_so_far(path) == {None: (0.2294, 0.08), 1: (0.99, 13), 2: (0.2, 0.004)}
     assert str(best_so_far(path)[1][1]) == "13"
 
 
@@ -169,11 +170,18 @@ def test_a_resume_without_its_metrics_file_says_what_is_lost(tmp_path, capsys):
     ]
 
 
-def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
-    """SIGINT in the first seconds of `python -m sparsenet_jax.train` (importing jax and
-    flax) printed a KeyboardInterrupt traceback; later it prints one line."""
+@pytest.mark.skipif(not pathlib.Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("command", ["python -m", "script"])
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path, command):
+    """SIGINT in the first seconds of the trainer (importing jax and flax) printed a
+    KeyboardInterrupt traceback, or crashed; later it prints one line."""
+    trainer = [sys.executable, "-m", "sparsenet_jax.train"]
+    if command == "script":
+        trainer = [str(pathlib.Path(sys.executable).parent / "sparsenet-train")]
+        if not pathlib.Path(trainer[0]).exists():
+            pytest.skip(f"{trainer[0]} is not installed (pip install -e . writes it)")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sparsenet_jax.train", *TINY, "--workdir", str(tmp_path / "r")],
+        [*trainer, *TINY, "--workdir", str(tmp_path / "r")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -409,8 +409,12 @@ def _header_size(path: str) -> tuple[int, int]:
 
 
 def _packed_plan(path: str, image_size: int | None, splits: Sequence[str]) -> _Plan:
-    if os.path.isfile(path) and not zipfile.is_zipfile(path):
-        # np.load would read it as a pickle and say pickles are not allowed.
+    try:
+        with open(path, "rb") as f:
+            is_zip = zipfile.is_zipfile(f)
+    except OSError as err:
+        raise ImageFolderError(f"{path}: not a readable .npz file ({err})") from None
+    if not is_zip:  # np.load would read it as a pickle and say pickles are not allowed
         raise ImageFolderError(f"{path}: not a .npz file (an .npz is a zip archive; this is not)")
     try:
         packed = np.load(path, allow_pickle=False)

@@ -134,10 +134,19 @@ def _respelled(key: str) -> list[str]:
     one): for "sparsnet-13-8" the closest preset is far off, the respelled name is it.
     """
     m = re.match(r"^(.+?)((?:-bc)?(?:-\d+)+)$", key)
-    if not m:
+    if not m or m.group(1) in _FAMILIES:  # spelt right: the numbers are wrong
         return []
     respelled = [family + m.group(2) for family in close_matches(m.group(1), _FAMILIES, n=2)]
-    return [n for n in respelled if any(r.match(n) for r in (_CONCAT_RE, _SUM_RE, _IMAGENET_RE))]
+    return [name for name in respelled if _builds(name)]
+
+
+def _builds(name: str) -> bool:
+    """Whether ``name`` is a valid model name (its depth included)."""
+    try:
+        _layers_per_block(parse_name(name))
+    except ValueError:
+        return False
+    return True
 
 
 def _layers_per_block(spec: PresetSpec) -> tuple[int, ...]:

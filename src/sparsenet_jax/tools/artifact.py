@@ -96,7 +96,7 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``.json`` sidecar of the artifact at ``path``, its identity verified.
 
     Raises:
-      ValueError: one line naming the file: the sidecar is missing, unreadable,
+      ValueError: one line naming the file: it does not exist, the sidecar is missing, unreadable,
         records no sha256 (an older export), or its identity does not match
         its fields (edited or damaged).
     """

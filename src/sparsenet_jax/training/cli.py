@@ -83,10 +83,14 @@ def setup_logging() -> None:
     # Library lines that our own one-line errors say better: tfds searching an unprepared
     # data dir ("Variant folder … has no dataset_info.json", twice), and tensorboardX's
     # "NaN or Inf found in input tensor." once a step before the non-finite loss stops us.
-    logging.getLogger("absl").addFilter(
-        lambda record: not str(record.msg).startswith("Variant folder ")
-    )
+    absl = logging.getLogger("absl")
+    if _not_tfds_search not in absl.filters:  # once, however often this is called
+        absl.addFilter(_not_tfds_search)
     logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
+
+
+def _not_tfds_search(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Variant folder ")
 
 
 def summary_line(config: TrainConfig, result: RunResult) -> str:

@@ -45,8 +45,8 @@ def load_splits(config: TrainConfig, recorded: data_lib.DatasetInfo | None = Non
         normalises with the recorded mean and std, not with recomputed ones.
 
     Raises:
-      TrainingError: the data on disk has other classes or channels than the
-        recorded run.
+      TrainingError: the data on disk is not the recorded run's: other sizes
+        (classes, channels, image size, train or test images) or class names.
     """
     if config.dataset == "imagenet2012":
         info = _imagenet_info(config)

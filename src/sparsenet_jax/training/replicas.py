@@ -10,7 +10,7 @@ axis, and the pure steps are ``vmap``-ed over that axis (or unrolled, see
 GPU mostly idle, which N replicas may fill. Measured so far: two replicas train
 1.29× the images/s of one network on a 2-core CPU; on a v5e-1 the compiler
 estimates eight at 0.81× the throughput of eight runs in turn (no time saved
-there; ``benchmarks/RESULTS.md``).
+there; ``benchmarks/results/tpu-v5e.md``).
 
 With N = 1 nothing here is used: the state and batches have no replica axis.
 """

@@ -67,6 +67,8 @@ def summary_writer_class() -> Any:
     tensors; that import cost a trainer start about 2 s (and a few hundred MB).
     We write Python floats, so while tensorboardX loads, ``import torch`` is made
     to fail at once (``None`` in ``sys.modules``), unless torch is loaded already.
+    That is process-wide: a thread importing torch at that moment would fail too
+    (the trainer has none; a later ``import torch`` works).
     """
     hide = "torch" not in sys.modules
     if hide:
@@ -161,7 +163,7 @@ def update_best(best: Best, record: Record) -> None:
 def epoch_label(epoch: float) -> int | float:
     """An evaluation's epoch as a summary names it: 13 at an epoch's end, 0.08 within one
     (a run stopped by --max-steps)."""
-    shown = round(epoch, 2)
+    shown = round(epoch, 2) or float(f"{epoch:.1g}")  # 0.004, not 0, early in a long epoch
     return int(shown) if shown == int(shown) else shown
 
 
