@@ -170,18 +170,38 @@ def test_a_resume_without_its_metrics_file_says_what_is_lost(tmp_path, capsys):
     ]
 
 
+# Each command: its module, its arguments (WORKDIR: a fresh folder) and its line for a
+# Ctrl-C that comes while it loads.
+_STARTS = {
+    "train": (
+        [*TINY, "--workdir", "WORKDIR"],
+        "SIGINT before the first step finished: nothing to save",
+    ),
+    "aot": (TINY, "SIGINT: stopped the TPU check: nothing was written"),
+    "export": (
+        ["--workdir", "WORKDIR", "--out", "WORKDIR/m.jax"],
+        "SIGINT: stopped the export: nothing was written",
+    ),
+}
+
+
 @pytest.mark.skipif(not pathlib.Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
-@pytest.mark.parametrize("command", ["python -m", "script"])
-def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path, command):
-    """SIGINT in the first seconds of the trainer (importing jax and flax) printed a
-    KeyboardInterrupt traceback, or crashed; later it prints one line."""
-    trainer = [sys.executable, "-m", "sparsenet_jax.train"]
-    if command == "script":
-        trainer = [str(pathlib.Path(sys.executable).parent / "sparsenet-train")]
-        if not pathlib.Path(trainer[0]).exists():
-            pytest.skip(f"{trainer[0]} is not installed (pip install -e . writes it)")
+@pytest.mark.parametrize(
+    ("entry", "form"),
+    [("train", "python -m"), ("train", "script"), ("aot", "script"), ("export", "python -m")],
+)
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path, entry, form):
+    """SIGINT in a command's first seconds (importing jax) printed a KeyboardInterrupt
+    traceback, or died of a segmentation fault with no message; now one line."""
+    command = [sys.executable, "-m", f"sparsenet_jax.{entry}"]
+    if form == "script":
+        command = [str(pathlib.Path(sys.executable).parent / f"sparsenet-{entry}")]
+        if not pathlib.Path(command[0]).exists():
+            pytest.skip(f"{command[0]} is not installed (pip install -e . writes it)")
+    args, line = _STARTS[entry]
+    workdir = tmp_path / "r"
     proc = subprocess.Popen(
-        [*trainer, *TINY, "--workdir", str(tmp_path / "r")],
+        [*command, *(a.replace("WORKDIR", str(workdir)) for a in args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -197,5 +217,5 @@ def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path, command):
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGINT, err
-    assert err.strip().splitlines() == ["SIGINT before the first step finished: nothing to save"]
-    assert not (tmp_path / "r").exists()
+    assert err.strip().splitlines() == [line]
+    assert not workdir.exists()
