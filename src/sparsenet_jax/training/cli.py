@@ -77,13 +77,13 @@ def setup_distributed(config: TrainConfig) -> None:
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    absl = logging.getLogger("absl")
+    absl.setLevel(logging.WARNING)
     # "Unable to initialize backend 'tpu'" on every machine without one is noise.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
     # Library lines that our own one-line errors say better: tfds searching an unprepared
     # data dir ("Variant folder … has no dataset_info.json", twice), and tensorboardX's
     # "NaN or Inf found in input tensor." once a step before the non-finite loss stops us.
-    absl = logging.getLogger("absl")
     if _not_tfds_search not in absl.filters:  # once, however often this is called
         absl.addFilter(_not_tfds_search)
     logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)

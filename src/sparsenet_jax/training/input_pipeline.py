@@ -71,24 +71,21 @@ def load_splits(config: TrainConfig, recorded: data_lib.DatasetInfo | None = Non
 # The facts that make other data another run: a resumed run on a different training set
 # would mix two datasets in one schedule (its epochs, its steps a epoch) and report
 # accuracy on another test set. The data may move (--data-dir is not compared).
-_SAME_DATA_FIELDS = ("num_classes", "channels", "image_size", "num_train", "num_test", "classes")
+_SAME_DATA_SIZES = ("num_classes", "channels", "image_size", "num_train", "num_test")
 
 
 def _data_differences(recorded: data_lib.DatasetInfo, now: data_lib.DatasetInfo) -> list[str]:
-    """``field: now, run had recorded`` for every fact of the data that changed."""
-    differ = []
-    for field in _SAME_DATA_FIELDS:
-        was, found = getattr(recorded, field), getattr(now, field)
-        if field == "classes" and not (was and found):
-            continue  # a dataset without class names, or a workdir older than them
-        if was == found:
-            continue
-        if field == "classes":
-            pairs = itertools.zip_longest(found, was, fillvalue="(none)")
-            new, old = next((a, b) for a, b in pairs if a != b)
-            differ.append(f"class names differ: {new!r} where the run had {old!r}")
-        else:
-            differ.append(f"{field} {found}, the run had {was}")
+    """``field now, the run had recorded`` for every fact of the data that changed."""
+    differ = [
+        f"{field} {getattr(now, field)}, the run had {getattr(recorded, field)}"
+        for field in _SAME_DATA_SIZES
+        if getattr(now, field) != getattr(recorded, field)
+    ]
+    # Class names: only where both name them (some datasets, and older workdirs, do not).
+    if recorded.classes and now.classes and recorded.classes != now.classes:
+        pairs = itertools.zip_longest(now.classes, recorded.classes, fillvalue="(none)")
+        new, old = next((a, b) for a, b in pairs if a != b)
+        differ.append(f"class names differ: {new!r} where the run had {old!r}")
     return differ
 
 

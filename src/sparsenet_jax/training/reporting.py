@@ -136,7 +136,7 @@ class MetricsWriter:
         try:
             tb.close()
         except OSError as err:  # a full disk: the run's own error says so; events are a bonus
-            print(f"warning: TensorBoard events not flushed ({err.strerror})", file=sys.stderr)
+            warn(f"TensorBoard events not flushed ({err.strerror})")
 
 
 Best = dict[int | None, tuple[float, int | float]]
